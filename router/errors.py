@@ -1,0 +1,124 @@
+"""Domain errors of task-tag resolution and adapter-set residency.
+
+Each carries a stable `code` (the `code` field of the OpenAI error envelope); the HTTP status is
+chosen once, in `server/errors.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RouterError(Exception):
+    """Base of every error the router raises; `code` is stable, `message` is for people."""
+
+    code = "router_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class AdapterSetNotFound(RouterError):
+    """The `model` field names neither the base model nor a resident adapter set."""
+
+    code = "model_not_found"
+
+    def __init__(self, name: str, *, param: str | None = "model") -> None:
+        super().__init__(f"The model '{name}' does not exist.", param=param)
+        self.name = name
+
+
+class TaskNotFound(RouterError):
+    """A known set was asked for a task it was not trained on."""
+
+    code = "task_not_found"
+
+    def __init__(self, set_name: str, task: str, valid_tasks: Sequence[str]) -> None:
+        listed = ", ".join(valid_tasks) if valid_tasks else "(none: the set routes on its input)"
+        super().__init__(
+            f"Adapter set '{set_name}' has no task '{task}'. Valid tasks: {listed}.", param="task"
+        )
+        self.valid_tasks = tuple(valid_tasks)
+
+
+class TaskRequired(RouterError):
+    """A multi-task set was named without saying which task."""
+
+    code = "task_required"
+
+    def __init__(self, set_name: str, valid_tasks: Sequence[str]) -> None:
+        super().__init__(
+            f"Adapter set '{set_name}' serves several tasks; name one with model "
+            f"'{set_name}/<task>' or the body field 'task'. Valid tasks: {', '.join(valid_tasks)}.",
+            param="task",
+        )
+        self.valid_tasks = tuple(valid_tasks)
+
+
+class TaskTagInvalid(RouterError):
+    """The tag is malformed or contradicts itself (two different tasks, a task for the base model)."""
+
+    code = "invalid_task_tag"
+
+
+class AdapterSetNameInvalid(RouterError):
+    code = "invalid_adapter_set_name"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="name")
+
+
+class AdapterSetExists(RouterError):
+    code = "adapter_set_exists"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"Adapter set '{name}' is already loaded; send \"replace\": true to publish a new version.",
+            param="name",
+        )
+
+
+class AdapterSetBusy(RouterError):
+    """Another load or unload of the same name is in progress."""
+
+    code = "adapter_set_busy"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Adapter set '{name}' is being loaded or unloaded right now.", param="name")
+
+
+class PathNotAllowed(RouterError):
+    """The path is outside every configured adapter root (after resolving symlinks)."""
+
+    code = "path_not_allowed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="path")
+
+
+class AdapterPathMissing(RouterError):
+    code = "adapter_path_not_found"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No adapter-set directory at '{path}'.", param="path")
+
+
+class BaseModelMismatch(RouterError):
+    """The set was made for another base model than the one being served."""
+
+    code = "base_model_mismatch"
+
+
+class MemoryBudgetExceeded(RouterError):
+    code = "adapter_memory_budget_exceeded"
+
+    def __init__(self, name: str, needed: int, used: int, budget: int) -> None:
+        super().__init__(
+            f"Adapter set '{name}' needs {needed} bytes; {used} of the {budget}-byte adapter memory "
+            f"budget are in use ({budget - used} free).",
+        )
+        self.needed = needed
+        self.used = used
+        self.budget = budget

@@ -1,0 +1,48 @@
+"""What the registry needs from the engine, the adapter-set validator and metrics (structural types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from router.target import AdapterKind
+
+
+class AdapterSlotBackend(Protocol):
+    """The engine side of residency (implemented by `server.engine.adapter_backend.AdapterEngineBackend`)."""
+
+    async def load(self, slot: int, set_dir: Path) -> int:
+        """Put one validated set version into the engine under `slot`; return the bytes it occupies."""
+        ...
+
+    async def unload(self, slot: int) -> None:
+        """Free `slot`; no running request uses it any more."""
+        ...
+
+
+@dataclass(frozen=True)
+class SetDescription:
+    """What validating a set directory against the served base model tells the registry."""
+
+    kind: AdapterKind
+    tasks: tuple[str, ...]
+    input_routed: bool  # True for BADIT sets that pick abilities from the input, not from a task
+    nbytes: int  # bytes of the set's tensors, an estimate of its engine footprint before loading
+    name: str | None = None  # the name recorded in the manifest, if any
+
+
+class SetValidator(Protocol):
+    def __call__(self, set_dir: Path) -> SetDescription:
+        """Validate fully (blocking); raise a typed error with a stable `.code` if the set is bad."""
+        ...
+
+
+class RegistryObserver(Protocol):
+    """Receives residency events (metrics)."""
+
+    def set_loaded(self, kind: str, version: int, nbytes: int, seconds: float) -> None: ...
+
+    def set_unloaded(self, kind: str, version: int, nbytes: int) -> None: ...
+
+    def set_load_failed(self, kind: str | None, code: str) -> None: ...

@@ -1,0 +1,67 @@
+"""Task tags: how a request names the base model, an adapter set and one of its tasks.
+
+Accepted forms, checked in this order:
+1. `model` is the served base model's name → the base model (a body `task` is an error).
+2. `model: "<set>/<task>"` → that task (a body `task`, if given, must be the same).
+3. `model: "<set>"` with body `task` → that task.
+4. `model: "<set>"` alone → the set's only task, or its input routing (BADIT sets without tasks).
+There is no fallback: anything else is an error naming what is valid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from router.errors import AdapterSetNameInvalid, TaskNotFound, TaskRequired, TaskTagInvalid
+
+TASK_SEPARATOR = "/"
+SET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TaskTag:
+    """A parsed `model` field that names an adapter set; `task` is None when not named."""
+
+    set_name: str
+    task: str | None
+
+
+def parse_tag(model: str, body_task: str | None) -> TaskTag:
+    """Split `<set>[/<task>]` and merge the body's `task` into it (never the base model name)."""
+    set_name, separator, tag_task = model.partition(TASK_SEPARATOR)
+    if separator and not tag_task:
+        raise TaskTagInvalid(f"The model '{model}' ends with '/' but names no task.", param="model")
+    if body_task is not None and not body_task:
+        raise TaskTagInvalid("The body field 'task' is empty.", param="task")
+    task = tag_task or None
+    if task is not None and body_task is not None and task != body_task:
+        raise TaskTagInvalid(
+            f"The model '{model}' names task '{task}' but the body field 'task' is '{body_task}'.",
+            param="task",
+        )
+    return TaskTag(set_name=set_name, task=task or body_task)
+
+
+def choose_task(set_name: str, tasks: tuple[str, ...], input_routed: bool, task: str | None) -> int | None:
+    """Index of the requested task in `tasks`, or None for a set that routes on its input."""
+    if task is not None:
+        if task not in tasks:
+            raise TaskNotFound(set_name, task, tasks)
+        return tasks.index(task)
+    if input_routed:
+        return None
+    if len(tasks) == 1:
+        return 0
+    raise TaskRequired(set_name, tasks)
+
+
+def check_set_name(name: str, base_model_name: str) -> None:
+    """Set names are plain path-free identifiers that cannot shadow the base model."""
+    if not SET_NAME_PATTERN.fullmatch(name):
+        raise AdapterSetNameInvalid(
+            f"Invalid adapter-set name '{name}': use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    if name in (base_model_name, base_model_name.partition(TASK_SEPARATOR)[0]):
+        raise AdapterSetNameInvalid(f"'{name}' would shadow the base model '{base_model_name}'.")
