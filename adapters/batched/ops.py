@@ -1,0 +1,89 @@
+"""Grouped adapter operators over the rows of one batch.
+
+`x` holds only the rows handled by the operator; each group is one adapter set's weights for this
+projection plus the local row indices (into `x`) of that set's tokens. The expensive products with the
+base factors (`x V`, `· Uᵀ`) are done once for all rows; only the low-rank, set-specific parts loop
+over groups — the way multi-LoRA kernels segment tokens by adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from adapters.batched.weights import BaditProjection, BaseFactors, LoraProjection, MooreProjection
+
+
+@dataclass(frozen=True)
+class MooreGroup:
+    weights: MooreProjection
+    rows: torch.Tensor  # (n_s,) local rows
+    task_index: torch.Tensor  # (n_s,)
+
+
+@dataclass(frozen=True)
+class BaditGroup:
+    weights: BaditProjection
+    rows: torch.Tensor  # (n_s,) local rows
+    task_index: torch.Tensor  # (n_s,)
+    segment: torch.Tensor  # (n_s,) request segment of each row
+    num_segments: int
+
+
+@dataclass(frozen=True)
+class LoraGroup:
+    weights: LoraProjection
+    rows: torch.Tensor  # (n_s,) local rows
+
+
+def moore_output(x: torch.Tensor, factors: BaseFactors, groups: Sequence[MooreGroup]) -> torch.Tensor:
+    """MoORE's whole output `y = ((x M V) ⊙ ReLU(S + c_t + G_up G x)) Uᵀ` for rows of several sets."""
+    z = x @ factors.V  # (n, d), shared by every set
+    gate = factors.S.expand_as(z).clone()  # (n, d)
+    for group in groups:
+        xs = x.index_select(0, group.rows)  # (n_s, in)
+        w = group.weights
+        z.index_add_(0, group.rows, (xs @ w.Y_hat) @ w.P, alpha=-1.0)  # rank-h rotation
+        router = (xs @ w.G_t) @ w.G_up_t  # (n_s, d)
+        gate.index_add_(0, group.rows, router + w.C.index_select(0, group.task_index))
+    return (z * torch.relu(gate)) @ factors.U_t  # (n, out)
+
+
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of the rows of `x` (n, in) per segment id → (num_segments, in)."""
+    sums = x.new_zeros(num_segments, x.shape[1]).index_add_(0, segment, x)
+    counts = torch.bincount(segment, minlength=num_segments).to(x.dtype).unsqueeze(1)
+    return sums / counts
+
+
+def badit_ability_weights(x: torch.Tensor, group: BaditGroup) -> torch.Tensor:
+    """Per-row expert weights ω (n_s, K·r): softmax gate on the segment mean, or the task's fixed mixture."""
+    w = group.weights
+    if w.task_mixture is not None:
+        experts = w.task_mixture.index_select(0, group.task_index)  # (n_s, K)
+    else:
+        mean = segment_mean(x, group.segment, group.num_segments)  # (segments, in)
+        experts = torch.softmax(mean @ w.G_t, dim=-1).index_select(0, group.segment)  # (n_s, K)
+    return experts.repeat_interleave(w.rank_per_expert, dim=-1)  # (n_s, K·r)
+
+
+def badit_delta(
+    x: torch.Tensor, factors: BaseFactors, groups: Sequence[BaditGroup], out: torch.Tensor
+) -> None:
+    """Add BADIT's change to the base output in place: `out += −U_k S_k V_kᵀ x + (ω ⊙ x Aᵀ) Bᵀ`."""
+    for group in groups:
+        w = group.weights
+        k = w.A_t.shape[1]
+        xs = x.index_select(0, group.rows)  # (n_s, in)
+        top_k = ((xs @ factors.V[:, :k]) * factors.S[:k]) @ factors.U_t[:k]  # (n_s, out)
+        experts = ((xs @ w.A_t) * badit_ability_weights(xs, group)) @ w.B_t  # (n_s, out)
+        out.index_add_(0, group.rows, experts - top_k)
+
+
+def lora_delta(x: torch.Tensor, groups: Sequence[LoraGroup], out: torch.Tensor) -> None:
+    """Add LoRA's change in place: `out += (x Aᵀ) Bᵀ` (scaling folded into B)."""
+    for group in groups:
+        xs = x.index_select(0, group.rows)
+        out.index_add_(0, group.rows, (xs @ group.weights.A_t) @ group.weights.B_t)

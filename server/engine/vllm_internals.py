@@ -1,0 +1,129 @@
+"""Every vLLM *internal* orthoserve relies on, in one place, pinned to one vLLM release.
+
+Public engine APIs (AsyncLLM, SamplingParams, ...) are imported in `vllm_compat`; this module holds what
+is not public and may move between releases: the linear-layer classes of Llama-family models and their
+fields, the model runner's per-step input preparation, and its per-request state. The test
+`tests/server/engine/test_vllm_internals.py` fails loudly when any of them changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import vllm
+from torch import nn
+from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+
+from router.batch_routing import RequestRoute
+
+PINNED_VLLM_VERSION = "0.32.0"
+
+# Fused vLLM modules of a Llama-family decoder layer and the HF projections packed in their outputs,
+# in output-column order. First match wins; the suffixes are disjoint.
+FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("self_attn.qkv_proj", ("q_proj", "k_proj", "v_proj")),
+    ("self_attn.o_proj", ("o_proj",)),
+    ("mlp.gate_up_proj", ("gate_proj", "up_proj")),
+    ("mlp.down_proj", ("down_proj",)),
+)
+
+
+class UnsupportedEngineLayout(RuntimeError):
+    """The engine's model or vLLM version is not one orthoserve can adapt."""
+
+
+def check_vllm_version() -> None:
+    if vllm.__version__ != PINNED_VLLM_VERSION:
+        raise UnsupportedEngineLayout(
+            f"orthoserve's engine hooks are pinned to vLLM {PINNED_VLLM_VERSION}, found {vllm.__version__}"
+        )
+
+
+@dataclass(frozen=True)
+class AdaptableLinear:
+    layer_index: int
+    parent: nn.Module
+    attribute: str
+    layer: LinearBase
+    projection_sizes: tuple[tuple[str, int], ...]  # (HF projection name, output columns), in order
+
+
+def adaptable_linears(model: nn.Module) -> Iterator[AdaptableLinear]:
+    """The fused linears of every decoder layer, with the HF projections they pack."""
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if "layers" not in parts or not isinstance(module, LinearBase):
+            continue
+        layer_index = int(parts[parts.index("layers") + 1])
+        suffix = ".".join(parts[parts.index("layers") + 2 :])
+        for fused, projections in FUSED_PROJECTIONS:
+            if suffix != fused:
+                continue
+            if getattr(module, "tp_size", 1) != 1:
+                raise UnsupportedEngineLayout("adapter sets need tensor_parallel_size=1")
+            if isinstance(module, (QKVParallelLinear, MergedColumnParallelLinear)):
+                sizes = tuple(module.output_sizes)
+            else:
+                sizes = (module.output_size,)
+            parent = model.get_submodule(".".join(parts[:-1]))
+            yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, sizes)))
+
+
+def base_forward(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    result = layer(x)
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def pack_output(layer: nn.Module, y: torch.Tensor, bias: torch.Tensor | None) -> object:
+    return (y, bias) if layer.return_bias else y
+
+
+def added_bias(layer: nn.Module) -> torch.Tensor | None:
+    """The bias a vLLM linear adds into its output (it returns it separately when skip_bias_add)."""
+    return None if layer.skip_bias_add else layer.bias
+
+
+def install_step_hook(
+    model_runner: object, on_step: Callable[[list[RequestRoute | None], np.ndarray], None], on_step_end: Callable[[], None]
+) -> None:
+    """Call `on_step(routes, num_scheduled_tokens)` once the runner has laid out a step's batch, and
+    `on_step_end()` after the step, so dummy/profiling runs outside a step always see no routing."""
+    prepare_inputs = model_runner._prepare_inputs
+    execute_model = model_runner.execute_model
+
+    @functools.wraps(prepare_inputs)
+    def prepare_with_routing(scheduler_output, num_scheduled_tokens: np.ndarray, *args, **kwargs):
+        result = prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        batch = model_runner.input_batch
+        routes = [
+            RequestRoute.from_extra_args(model_runner.requests[req_id].sampling_params.extra_args)
+            for req_id in batch.req_ids[: batch.num_reqs]
+        ]
+        on_step(routes, num_scheduled_tokens)
+        return result
+
+    @functools.wraps(execute_model)
+    def execute_with_routing(*args, **kwargs):
+        try:
+            return execute_model(*args, **kwargs)
+        finally:
+            on_step_end()
+
+    model_runner._prepare_inputs = prepare_with_routing
+    model_runner.execute_model = execute_with_routing
+
+
+def worker_model(worker: object) -> nn.Module:
+    return worker.model_runner.get_model()
+
+
+def worker_model_runner(worker: object) -> object:
+    return worker.model_runner
+
+
+def worker_model_dtype(worker: object) -> torch.dtype:
+    return worker.model_runner.model_config.dtype
