@@ -6,22 +6,23 @@ in one process never collide. `GET /metrics` renders it (with the server process
 process-global registry; they are rendered separately (`GET /metrics/vllm`) because Prometheus'
 linter reserves `:` for recording rules and the main endpoint stays lint-clean.
 
-Labels. Request metrics carry `set` and `task` from the request's resolved `RouteTarget`
-(`set="base", task="base"` for the base model). Client errors raised before a request resolved to
-a target are counted under `set="_unknown", task="_unknown"`.
+Labels. Request metrics carry `set` and `task` from the request's resolved target
+(`RouteTarget.metric_labels`; `set="base", task="base"` for the base model). A request that failed
+before it resolved to a target (unknown set or task, malformed body) is counted under
+`set="_unknown", task="_unknown"`.
 
 Label folding (bounded cardinality). At most `max_tasks` distinct (set, task) pairs get their own
 series, first come first served for the lifetime of the process; a request of any later pair is
-counted under the same set with `task="_other"`. The reserved pairs (base, base) and
-(_unknown, _unknown) and the folded (set, _other) pairs do not count against the limit, so the
-worst case is max_tasks + resident sets + 2 label pairs per metric.
+counted under its set with `task="_other"`. The reserved pairs (base, base) and
+(_unknown, _unknown) and the folded (set, _other) pairs do not count against the limit, so a
+request metric has at most max_tasks + (sets ever served) + 2 label pairs.
 
 Clocks. Two clock domains are used and never mixed within one difference:
-- the server's monotonic clock (`time.monotonic()`), from the moment a request record is started
-  to the arrival of engine outputs at the server: e2e latency, time to first token and inter-token
-  latency. These are what a client sees, minus network time. Inter-token latency is observed once
-  per output token after the first output; an output that carries k tokens (the server fell behind
-  the engine) spreads its gap evenly over them.
+- the server's monotonic clock (`time.monotonic()`, stamped by `server.lifecycle`): e2e latency
+  (request arrival at the engine service to its end, i.e. after the last token was handed to the
+  client), time to first token (arrival to the first output carrying a token reaching the server)
+  and inter-token latency (between consecutive outputs; an output that carries k tokens, because the
+  server fell behind the engine or the request has several choices, spreads its gap over them).
 - vLLM's engine-core monotonic timestamps on `RequestOutput.metrics` (`queued_ts`, `scheduled_ts`,
   `first_token_ts`, `last_token_ts`; populated only when the engine logs stats): queue, prefill and
   decode time. vLLM's `arrival_time` is wall-clock time and is not used.
@@ -29,20 +30,17 @@ Clocks. Two clock domains are used and never mixed within one difference:
 Latency histograms describe requests that completed (`outcome="ok"`); cancelled and failed requests
 are counted in `orthoserve_requests_total` and their generated tokens in the token counters.
 
-Running/waiting gauges come from the server's own request tracking: a request is *waiting* from the
-start of its record until its first output token reaches the server (queueing and prefill), and
-*running* from then until it ends, whatever the outcome.
+Running/waiting gauges come from the server's own request tracking: a request is *waiting* from its
+arrival until its first output token reaches the server (queueing and prefill), and *running* from
+then until it ends, whatever the outcome.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Literal, Protocol
 
 from prometheus_client import (
@@ -86,6 +84,24 @@ class EngineRequestStats(Protocol):
     scheduled_ts: float
     first_token_ts: float
     last_token_ts: float
+
+
+class ObservedRequest(Protocol):
+    """One API request as the engine service reports it (`server.lifecycle.RequestRecord`).
+
+    Times are the server's `time.monotonic()`; `output_times` holds (arrival, new tokens) of each
+    engine output that carried tokens; `engine_stats` one vLLM stats object per engine request.
+    """
+
+    target: LabelledTarget | None
+    arrival_time: float
+    first_token_time: float | None
+    finish_time: float | None
+    output_times: list[tuple[float, int]]
+    prompt_tokens: int
+    generated_tokens: int
+    outcome: Outcome | None
+    engine_stats: list[EngineRequestStats]
 
 
 def parse_buckets(text: str) -> tuple[float, ...]:
@@ -210,13 +226,56 @@ class ServingMetrics:
             return UNKNOWN_LABEL, UNKNOWN_LABEL
         return self.labels.resolve(*target.metric_labels)
 
-    def start_request(self, target: LabelledTarget, arrived: float | None = None) -> RequestRecord:
-        """Begin tracking one request; `arrived` is its `time.monotonic()` arrival, default now."""
-        return RequestRecord(self, self.label_values(target), time.monotonic() if arrived is None else arrived)
-
     def request_rejected(self, target: LabelledTarget | None, outcome: Outcome = "client_error") -> None:
-        """Count a request that failed before it was tracked (bad input, unknown adapter set...)."""
+        """Count a request refused before the engine service saw it (e.g. a malformed body)."""
         self.requests.labels(*self.label_values(target), outcome).inc()
+
+    # `server.lifecycle.RequestObserver`: the engine service reports every request through these.
+
+    def on_arrival(self, request: ObservedRequest) -> None:
+        self.waiting.inc()
+
+    def on_first_token(self, request: ObservedRequest) -> None:
+        self.waiting.dec()
+        self.running.inc()
+
+    def on_finish(self, request: ObservedRequest) -> None:
+        (self.running if request.first_token_time is not None else self.waiting).dec()
+        labels = self.label_values(request.target)
+        self.requests.labels(*labels, request.outcome).inc()
+        self.prompt_tokens.labels(*labels).inc(request.prompt_tokens)
+        self.generation_tokens.labels(*labels).inc(request.generated_tokens)
+        if request.outcome == "ok":
+            self._observe_server_times(labels, request)
+            self._observe_engine_times(labels, request.engine_stats)
+
+    def _observe_server_times(self, labels: tuple[str, str], request: ObservedRequest) -> None:
+        if request.finish_time is not None:
+            self.e2e_latency.labels(*labels).observe(request.finish_time - request.arrival_time)
+        if request.first_token_time is not None:
+            self.time_to_first_token.labels(*labels).observe(request.first_token_time - request.arrival_time)
+        itl = self.inter_token_latency.labels(*labels)
+        for (previous, _), (arrived, tokens) in zip(request.output_times, request.output_times[1:]):
+            # An output carrying several tokens (the server fell behind the engine) spreads its gap.
+            for _ in range(tokens):
+                itl.observe((arrived - previous) / tokens)
+
+    def _observe_engine_times(self, labels: tuple[str, str], stats: Sequence[EngineRequestStats]) -> None:
+        # A request with several prompts is several engine requests: take the first event of each
+        # kind and the last token over all of them. A zero timestamp is an event never recorded.
+        def first(values: Iterable[float]) -> float:
+            return min((value for value in values if value), default=0.0)
+
+        queued = first(s.queued_ts for s in stats)
+        scheduled = first(s.scheduled_ts for s in stats)
+        first_token = first(s.first_token_ts for s in stats)
+        last_token = max((s.last_token_ts for s in stats), default=0.0)
+        if queued and scheduled:
+            self.queue_time.labels(*labels).observe(scheduled - queued)
+        if scheduled and first_token:
+            self.prefill_time.labels(*labels).observe(first_token - scheduled)
+        if first_token and last_token:
+            self.decode_time.labels(*labels).observe(last_token - first_token)
 
     # -- adapter-set residency ------------------------------------------------------------------
 
@@ -268,100 +327,3 @@ class _PrefixedFamilies:
 
     def collect(self) -> Iterable[Metric]:
         return (family for family in self._registry.collect() if family.name.startswith(self._prefix))
-
-
-class RequestRecord:
-    """One request's life: gauges while in flight, histograms and counters once it ends.
-
-    Use as a context manager around the request: leaving it unfinished through `CancelledError` or
-    `GeneratorExit` (a client that disconnected) counts as cancelled, through any other exception as
-    a server error. `finish` is idempotent: only the first call counts.
-    """
-
-    def __init__(self, metrics: ServingMetrics, labels: tuple[str, str], arrived: float) -> None:
-        self._metrics = metrics
-        self.labels = labels
-        self._arrived = arrived
-        self._first_token_at: float | None = None
-        self._last_token_at: float | None = None
-        self._token_gaps: list[tuple[float, int]] = []  # (gap to previous output, tokens in it)
-        self._tokens_seen = 0
-        self._finished = False
-        metrics.waiting.inc()
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def tokens_arrived(self, count: int, at: float | None = None) -> None:
-        """Record an engine output carrying `count` new tokens, arrived at monotonic time `at`."""
-        if count <= 0 or self._finished:
-            return
-        now = time.monotonic() if at is None else at
-        if self._last_token_at is None:
-            self._first_token_at = now
-            self._metrics.waiting.dec()
-            self._metrics.running.inc()
-        else:
-            self._token_gaps.append((now - self._last_token_at, count))
-        self._last_token_at = now
-        self._tokens_seen += count
-
-    def finish(
-        self,
-        outcome: Outcome,
-        prompt_tokens: int = 0,
-        completion_tokens: int | None = None,
-        engine_stats: EngineRequestStats | None = None,
-    ) -> None:
-        """End the request. `completion_tokens` defaults to the tokens seen by `tokens_arrived`."""
-        if self._finished:
-            return
-        self._finished = True
-        metrics, labels = self._metrics, self.labels
-        (metrics.running if self._first_token_at is not None else metrics.waiting).dec()
-        metrics.requests.labels(*labels, outcome).inc()
-        metrics.prompt_tokens.labels(*labels).inc(prompt_tokens)
-        generated = self._tokens_seen if completion_tokens is None else completion_tokens
-        metrics.generation_tokens.labels(*labels).inc(generated)
-        if outcome == "ok":
-            self._observe_latencies(engine_stats)
-
-    def _observe_latencies(self, engine_stats: EngineRequestStats | None) -> None:
-        metrics, labels = self._metrics, self.labels
-        ended = time.monotonic() if self._last_token_at is None else self._last_token_at
-        metrics.e2e_latency.labels(*labels).observe(ended - self._arrived)
-        if self._first_token_at is not None:
-            metrics.time_to_first_token.labels(*labels).observe(self._first_token_at - self._arrived)
-        itl = metrics.inter_token_latency.labels(*labels)
-        for gap, tokens in self._token_gaps:
-            # An output carrying several tokens (the consumer fell behind) spreads its gap over them.
-            for _ in range(tokens):
-                itl.observe(gap / tokens)
-        if engine_stats is not None:
-            self._observe_engine_times(engine_stats)
-
-    def _observe_engine_times(self, stats: EngineRequestStats) -> None:
-        metrics, labels = self._metrics, self.labels
-        # A zero timestamp means the engine never recorded that event (stats logging off).
-        if stats.queued_ts and stats.scheduled_ts:
-            metrics.queue_time.labels(*labels).observe(stats.scheduled_ts - stats.queued_ts)
-        if stats.scheduled_ts and stats.first_token_ts:
-            metrics.prefill_time.labels(*labels).observe(stats.first_token_ts - stats.scheduled_ts)
-        if stats.first_token_ts and stats.last_token_ts:
-            metrics.decode_time.labels(*labels).observe(stats.last_token_ts - stats.first_token_ts)
-
-    def __enter__(self) -> RequestRecord:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._finished:
-            return
-        # Leaving without `finish` and without an exception is a bug in the caller: count it as ours.
-        cancelled = exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, GeneratorExit))
-        self.finish("cancelled" if cancelled else "server_error")

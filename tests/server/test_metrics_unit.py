@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from types import SimpleNamespace
@@ -72,19 +71,6 @@ def test_base_and_unknown_are_reserved_and_never_fold() -> None:
     assert metrics.labels.admitted == 1
 
 
-def test_folded_requests_are_counted_under_other() -> None:
-    metrics = ServingMetrics(max_tasks=1)
-    for task in ("t1", "t2", "t3"):
-        with metrics.start_request(task_target("a", task)) as record:
-            record.tokens_arrived(1)
-            record.finish("ok", prompt_tokens=3)
-    assert sample(metrics, "orthoserve_requests_total", set="a", task="t1", outcome="ok") == 1
-    assert sample(metrics, "orthoserve_requests_total", set="a", task="_other", outcome="ok") == 2
-    assert sample(metrics, "orthoserve_e2e_request_latency_seconds_count", set="a", task="_other") == 2
-    series = {s.labels["task"] for s in families(metrics)["orthoserve_requests"].samples}
-    assert series == {"t1", "_other"}
-
-
 def test_max_tasks_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_tasks"):
         ServingMetrics(max_tasks=0)
@@ -111,9 +97,7 @@ def test_parse_buckets_rejects_bad_lists(text: str) -> None:
 
 def test_configured_buckets_are_the_exposed_bounds() -> None:
     metrics = ServingMetrics(buckets=parse_buckets("0.01,0.1,1"))
-    with metrics.start_request(BASE_TARGET) as record:
-        record.tokens_arrived(1)
-        record.finish("ok")
+    run_through(metrics, request(BASE_TARGET, "ok"))
     histogram = families(metrics)["orthoserve_time_to_first_token_seconds"]
     bounds = [s.labels["le"] for s in histogram.samples if s.name.endswith("_bucket")]
     assert bounds == ["0.01", "0.1", "1.0", "+Inf"]
@@ -122,23 +106,76 @@ def test_configured_buckets_are_the_exposed_bounds() -> None:
 # -- request lifecycle ----------------------------------------------------------------------------
 
 
+def request(
+    target: RouteTarget | None,
+    outcome: str,
+    *,
+    arrival: float = 100.0,
+    outputs: tuple[tuple[float, int], ...] = ((100.5, 1),),
+    finish: float = 101.0,
+    prompt_tokens: int = 3,
+    engine_stats: tuple[SimpleNamespace, ...] = (),
+) -> SimpleNamespace:
+    """A request record as the engine service reports it at its finish."""
+    return SimpleNamespace(
+        target=target,
+        arrival_time=arrival,
+        first_token_time=outputs[0][0] if outputs else None,
+        finish_time=finish,
+        output_times=list(outputs),
+        prompt_tokens=prompt_tokens,
+        generated_tokens=sum(tokens for _, tokens in outputs),
+        outcome=outcome,
+        engine_stats=list(engine_stats),
+    )
+
+
+def engine_stats(queued: float, scheduled: float, first: float, last: float) -> SimpleNamespace:
+    return SimpleNamespace(queued_ts=queued, scheduled_ts=scheduled, first_token_ts=first, last_token_ts=last)
+
+
+def run_through(metrics: ServingMetrics, record: SimpleNamespace) -> None:
+    metrics.on_arrival(record)
+    if record.first_token_time is not None:
+        metrics.on_first_token(record)
+    metrics.on_finish(record)
+
+
+def test_folded_requests_are_counted_under_other() -> None:
+    metrics = ServingMetrics(max_tasks=1)
+    for task in ("t1", "t2", "t3"):
+        run_through(metrics, request(task_target("a", task), "ok"))
+    assert sample(metrics, "orthoserve_requests_total", set="a", task="t1", outcome="ok") == 1
+    assert sample(metrics, "orthoserve_requests_total", set="a", task="_other", outcome="ok") == 2
+    assert sample(metrics, "orthoserve_e2e_request_latency_seconds_count", set="a", task="_other") == 2
+    series = {s.labels["task"] for s in families(metrics)["orthoserve_requests"].samples}
+    assert series == {"t1", "_other"}
+
+
 def test_a_completed_request_is_observed_on_both_clocks() -> None:
     metrics = ServingMetrics()
     labels = {"set": "s", "task": "t"}
-    record = metrics.start_request(task_target("s", "t"), arrived=100.0)
+    record = request(
+        task_target("s", "t"),
+        "ok",
+        arrival=100.0,
+        # one output carrying two tokens: its 0.3 s gap is split between them
+        outputs=((100.5, 1), (100.7, 1), (101.0, 2)),
+        finish=101.25,
+        prompt_tokens=7,
+        engine_stats=(engine_stats(5.0, 5.25, 5.75, 6.75),),
+    )
+    metrics.on_arrival(record)
     assert sample(metrics, "orthoserve_requests_waiting") == 1
-    record.tokens_arrived(1, at=100.5)
+    metrics.on_first_token(record)
     assert (sample(metrics, "orthoserve_requests_waiting"), sample(metrics, "orthoserve_requests_running")) == (0, 1)
-    record.tokens_arrived(1, at=100.7)
-    record.tokens_arrived(2, at=101.0)  # one output carrying two tokens: its 0.3 s gap is split
-    engine = SimpleNamespace(queued_ts=5.0, scheduled_ts=5.25, first_token_ts=5.75, last_token_ts=6.75)
-    record.finish("ok", prompt_tokens=7, completion_tokens=4, engine_stats=engine)
+    metrics.on_finish(record)
 
     assert sample(metrics, "orthoserve_requests_running") == 0
     assert sample(metrics, "orthoserve_requests_total", outcome="ok", **labels) == 1
     assert sample(metrics, "orthoserve_prompt_tokens_total", **labels) == 7
     assert sample(metrics, "orthoserve_generation_tokens_total", **labels) == 4
-    assert sample(metrics, "orthoserve_e2e_request_latency_seconds_sum", **labels) == pytest.approx(1.0)
+    assert sample(metrics, "orthoserve_e2e_request_latency_seconds_sum", **labels) == pytest.approx(1.25)
     assert sample(metrics, "orthoserve_time_to_first_token_seconds_sum", **labels) == pytest.approx(0.5)
     assert sample(metrics, "orthoserve_inter_token_latency_seconds_count", **labels) == 3  # tokens after the first
     assert sample(metrics, "orthoserve_inter_token_latency_seconds_sum", **labels) == pytest.approx(0.5)
@@ -146,89 +183,44 @@ def test_a_completed_request_is_observed_on_both_clocks() -> None:
     assert sample(metrics, "orthoserve_request_prefill_time_seconds_sum", **labels) == pytest.approx(0.5)
     assert sample(metrics, "orthoserve_request_decode_time_seconds_sum", **labels) == pytest.approx(1.0)
     for name in LATENCY_HISTOGRAMS:
-        assert sample(metrics, f"{name}_count", **labels) == 1 or name.startswith("orthoserve_inter_token")
+        if name != "orthoserve_inter_token_latency_seconds":
+            assert sample(metrics, f"{name}_count", **labels) == 1, name
+
+
+def test_engine_times_of_several_prompts_span_all_their_engine_requests() -> None:
+    metrics = ServingMetrics()
+    stats = (engine_stats(1.0, 1.5, 2.0, 4.0), engine_stats(1.25, 1.75, 2.5, 5.0))
+    run_through(metrics, request(BASE_TARGET, "ok", engine_stats=stats))
+    base = {"set": "base", "task": "base"}
+    assert sample(metrics, "orthoserve_request_queue_time_seconds_sum", **base) == pytest.approx(0.5)
+    assert sample(metrics, "orthoserve_request_prefill_time_seconds_sum", **base) == pytest.approx(0.5)
+    assert sample(metrics, "orthoserve_request_decode_time_seconds_sum", **base) == pytest.approx(3.0)
+    assert sample(metrics, "orthoserve_request_decode_time_seconds_count", **base) == 1
 
 
 def test_engine_times_are_skipped_when_the_engine_did_not_record_them() -> None:
     metrics = ServingMetrics()
-    with metrics.start_request(BASE_TARGET) as record:
-        record.tokens_arrived(1)
-        record.finish("ok", engine_stats=SimpleNamespace(queued_ts=0.0, scheduled_ts=0.0, first_token_ts=0.0,
-                                                          last_token_ts=0.0))
+    run_through(metrics, request(BASE_TARGET, "ok", engine_stats=(engine_stats(0.0, 0.0, 0.0, 0.0),)))
     assert sample(metrics, "orthoserve_e2e_request_latency_seconds_count", set="base", task="base") == 1
     assert sample(metrics, "orthoserve_request_queue_time_seconds_count", set="base", task="base") == 0
 
 
-def test_finish_counts_once() -> None:
+@pytest.mark.parametrize("outcome", ["cancelled", "server_error", "client_error"])
+def test_unsuccessful_requests_count_their_tokens_but_no_latency(outcome: str) -> None:
     metrics = ServingMetrics()
-    record = metrics.start_request(BASE_TARGET)
-    record.tokens_arrived(2)
-    record.finish("ok", prompt_tokens=1)
-    record.finish("server_error", prompt_tokens=1)
-    record.tokens_arrived(5)
-    assert sample(metrics, "orthoserve_requests_total", set="base", task="base", outcome="ok") == 1
-    assert sample(metrics, "orthoserve_requests_total", set="base", task="base", outcome="server_error") == 0
-    assert sample(metrics, "orthoserve_generation_tokens_total", set="base", task="base") == 2
-    assert sample(metrics, "orthoserve_requests_running") == 0
+    run_through(metrics, request(task_target("s", "t"), outcome, outputs=((100.5, 1), (100.6, 1))))
+    assert sample(metrics, "orthoserve_requests_total", set="s", task="t", outcome=outcome) == 1
+    assert sample(metrics, "orthoserve_generation_tokens_total", set="s", task="t") == 2
+    for name in LATENCY_HISTOGRAMS:
+        assert sample(metrics, f"{name}_count", set="s", task="t") == 0
+    assert (sample(metrics, "orthoserve_requests_waiting"), sample(metrics, "orthoserve_requests_running")) == (0, 0)
 
 
-def test_a_disconnected_stream_counts_as_cancelled_with_its_tokens_but_no_latency() -> None:
+def test_a_request_that_ends_before_its_first_token_leaves_the_waiting_gauge() -> None:
     metrics = ServingMetrics()
-
-    async def stream():
-        with metrics.start_request(BASE_TARGET) as record:
-            for _ in range(10):
-                record.tokens_arrived(1)
-                yield "token"
-
-    async def consume_two_then_disconnect() -> None:
-        generator = stream()
-        await anext(generator)
-        await anext(generator)
-        await generator.aclose()  # what the HTTP layer does when the client goes away
-
-    asyncio.run(consume_two_then_disconnect())
-    assert sample(metrics, "orthoserve_requests_total", set="base", task="base", outcome="cancelled") == 1
-    assert sample(metrics, "orthoserve_generation_tokens_total", set="base", task="base") == 2
-    assert sample(metrics, "orthoserve_e2e_request_latency_seconds_count", set="base", task="base") == 0
-    assert sample(metrics, "orthoserve_requests_running") == 0
-
-
-def test_task_cancellation_while_waiting_counts_as_cancelled() -> None:
-    metrics = ServingMetrics()
-
-    async def wait_forever() -> None:
-        with metrics.start_request(BASE_TARGET):
-            await asyncio.sleep(3600)
-
-    async def cancel_it() -> None:
-        task = asyncio.ensure_future(wait_forever())
-        await asyncio.sleep(0)
-        assert sample(metrics, "orthoserve_requests_waiting") == 1
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(cancel_it())
-    assert sample(metrics, "orthoserve_requests_total", set="base", task="base", outcome="cancelled") == 1
-    assert sample(metrics, "orthoserve_requests_waiting") == 0
-
-
-def test_an_unexpected_exception_counts_as_server_error() -> None:
-    metrics = ServingMetrics()
-    with pytest.raises(RuntimeError), metrics.start_request(task_target("s", "t")) as record:
-        record.tokens_arrived(1)
-        raise RuntimeError("engine died")
-    assert sample(metrics, "orthoserve_requests_total", set="s", task="t", outcome="server_error") == 1
-    assert sample(metrics, "orthoserve_requests_running") == 0
-
-
-def test_leaving_without_finish_is_a_server_error_not_a_stuck_gauge() -> None:
-    metrics = ServingMetrics()
-    with metrics.start_request(BASE_TARGET):
-        pass
-    assert sample(metrics, "orthoserve_requests_total", set="base", task="base", outcome="server_error") == 1
-    assert sample(metrics, "orthoserve_requests_waiting") == 0
+    run_through(metrics, request(None, "client_error", outputs=()))
+    assert sample(metrics, "orthoserve_requests_total", set="_unknown", task="_unknown", outcome="client_error") == 1
+    assert (sample(metrics, "orthoserve_requests_waiting"), sample(metrics, "orthoserve_requests_running")) == (0, 0)
 
 
 def test_rejected_requests_without_a_target_are_unknown() -> None:
@@ -279,11 +271,8 @@ def populated_metrics() -> ServingMetrics:
     engine_registry = CollectorRegistry()
     Counter("vllm:request_success", "Engine-side successes.", registry=engine_registry).inc()
     metrics = ServingMetrics(engine_registry=engine_registry)
-    with metrics.start_request(task_target("s", "t")) as record:
-        record.tokens_arrived(1)
-        record.tokens_arrived(1)
-        record.finish("ok", prompt_tokens=5, engine_stats=SimpleNamespace(queued_ts=1.0, scheduled_ts=1.1,
-                                                                          first_token_ts=1.2, last_token_ts=1.3))
+    stats = (engine_stats(1.0, 2.0, 3.0, 4.0),)
+    run_through(metrics, request(task_target("s", "t"), "ok", outputs=((100.5, 1), (100.6, 1)), engine_stats=stats))
     metrics.request_rejected(None)
     metrics.set_loaded("s", "lora", 1, 100, 0.1)
     metrics.set_load_failed("lora", "adapter_invalid")
