@@ -105,12 +105,6 @@ class AdapterPathMissing(RouterError):
         super().__init__(f"No adapter-set directory at '{path}'.", param="path")
 
 
-class BaseModelMismatch(RouterError):
-    """The set was made for another base model than the one being served."""
-
-    code = "base_model_mismatch"
-
-
 class MemoryBudgetExceeded(RouterError):
     code = "adapter_memory_budget_exceeded"
 

@@ -16,7 +16,7 @@ class AdapterSlotBackend(Protocol):
         """Put one validated set version into the engine under `slot`; return the bytes it occupies."""
         ...
 
-    async def unload(self, slot: int) -> None:
+    async def unload(self, slot: int) -> object:
         """Free `slot`; no running request uses it any more."""
         ...
 
@@ -29,7 +29,6 @@ class SetDescription:
     tasks: tuple[str, ...]
     input_routed: bool  # True for BADIT sets that pick abilities from the input, not from a task
     nbytes: int  # bytes of the set's tensors, an estimate of its engine footprint before loading
-    name: str | None = None  # the name recorded in the manifest, if any
 
 
 class SetValidator(Protocol):
@@ -41,8 +40,8 @@ class SetValidator(Protocol):
 class RegistryObserver(Protocol):
     """Receives residency events (metrics)."""
 
-    def set_loaded(self, kind: str, version: int, nbytes: int, seconds: float) -> None: ...
+    def set_loaded(self, set_name: str, kind: str, version: int, nbytes: int, seconds: float) -> None: ...
 
-    def set_unloaded(self, kind: str, version: int, nbytes: int) -> None: ...
+    def set_unloaded(self, set_name: str, kind: str, version: int) -> None: ...
 
     def set_load_failed(self, kind: str | None, code: str) -> None: ...

@@ -142,7 +142,7 @@ class AdapterRegistry:
         self._resident[entry.slot] = entry
         self._last_version[name] = entry.version
         if self._observer is not None:
-            self._observer.set_loaded(entry.kind, entry.version, entry.nbytes, entry.load_seconds)
+            self._observer.set_loaded(entry.name, entry.kind, entry.version, entry.nbytes, entry.load_seconds)
         logger.info("loaded adapter set %s (%s, %d bytes, %.2fs)", entry.label, entry.kind, entry.nbytes, entry.load_seconds)
         if previous is not None:
             await self._retire(previous)
@@ -224,5 +224,5 @@ class AdapterRegistry:
         del self._resident[entry.slot]
         entry.freed.set()
         if self._observer is not None:
-            self._observer.set_unloaded(entry.kind, entry.version, entry.nbytes)
+            self._observer.set_unloaded(entry.name, entry.kind, entry.version)
         logger.info("unloaded adapter set %s (%d bytes freed)", entry.label, entry.nbytes)

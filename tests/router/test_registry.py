@@ -57,11 +57,11 @@ class Events:
     def __init__(self) -> None:
         self.log: list[tuple] = []
 
-    def set_loaded(self, kind, version, nbytes, seconds):
-        self.log.append(("loaded", kind, version, nbytes))
+    def set_loaded(self, set_name, kind, version, nbytes, seconds):
+        self.log.append(("loaded", set_name, kind, version, nbytes))
 
-    def set_unloaded(self, kind, version, nbytes):
-        self.log.append(("unloaded", kind, version, nbytes))
+    def set_unloaded(self, set_name, kind, version):
+        self.log.append(("unloaded", set_name, kind, version))
 
     def set_load_failed(self, kind, code):
         self.log.append(("failed", kind, code))
@@ -132,7 +132,7 @@ async def test_replace_keeps_running_requests_on_their_version(parts):
     await asyncio.wait_for(first.freed.wait(), 1)
     assert set(backend.slots) == {second.slot}
     assert [entry.label for entry in registry.resident()] == ["mtl@2"]
-    assert ("unloaded", "moore", 1, 1000) in events.log
+    assert ("unloaded", "mtl", "moore", 1) in events.log
 
 
 async def test_replace_of_idle_version_frees_it_before_returning(parts):
