@@ -7,24 +7,30 @@ real linters (hadolint, promtool) and against a live scrape of the test server's
 import fnmatch
 import json
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
 import yaml
-from openai import OpenAI
+from docker_support import (
+    DOCKER,
+    PROMETHEUS_CONFIG,
+    REPO,
+    dashboard,
+    dashboard_expressions,
+    dashboard_panels,
+    fill_grafana_variables,
+    find_tool,
+    grouping_labels,
+    load_yaml,
+    metric_names,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
 COMPOSE_FILES = (DOCKER / "compose.yaml", DOCKER / "compose.cuda.yaml")
 DOCKERFILES = (DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.cuda")
-DASHBOARD = DOCKER / "grafana" / "dashboards" / "orthoserve.json"
-PROMETHEUS_CONFIG = DOCKER / "prometheus.yml"
 
 # Series suffixes each metric type exports in the Prometheus text format.
 SERIES_SUFFIXES = {
@@ -36,27 +42,6 @@ SERIES_SUFFIXES = {
     "stateset": ("",),
     "unknown": ("",),
 }
-# Grafana's template variables, replaced by valid PromQL before promtool parses an expression.
-GRAFANA_VARIABLES = (
-    (re.compile(r"\$__(rate_interval|interval|range)"), "5m"),
-    (re.compile(r"\$\{?\w+\}?"), ".*"),
-)
-PROMQL_KEYWORDS = frozenset(
-    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless",
-     "inf", "nan"}
-)
-
-
-def find_tool(name: str) -> str:
-    """Path of a checker binary: on PATH or beside this interpreter (the project's venv)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.fail(f"{name} is not installed; the test setup installs it (see scripts/install.sh and .ci/run)")
-    return found
-
-
-def load_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
 
 
 def compose_services() -> Iterator[tuple[Path, str, dict]]:
@@ -75,46 +60,6 @@ def bind_sources(service: dict) -> Iterator[str]:
             source = volume.split(":", 1)[0]
             if source.startswith((".", "/")):
                 yield source
-
-
-def dashboard_panels() -> list[dict]:
-    panels = []
-    for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))
-    return [p for p in panels if p["type"] != "row"]
-
-
-def dashboard_expressions() -> list[str]:
-    """Every PromQL expression of the dashboard: panel targets and template-variable queries."""
-    exprs = [t["expr"] for panel in dashboard_panels() for t in panel["targets"]]
-    for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
-        if variable["type"] == "query":
-            label_values = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["query"]["query"])
-            assert label_values, f"variable {variable['name']}: unexpected query {variable['query']!r}"
-            exprs.append(label_values.group(1))
-    return exprs
-
-
-def metric_names(expr: str) -> set[str]:
-    """Names of the series an expression selects (identifiers that are not functions or keywords)."""
-    stripped = re.sub(r'"(?:\\.|[^"\\])*"', "", expr)  # string literals
-    stripped = re.sub(r"\{[^}]*\}", " ", stripped)  # label matchers
-    stripped = re.sub(r"\[[^\]]*\]", " ", stripped)  # range selectors
-    stripped = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", stripped)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", stripped):
-        is_call = stripped[match.end():].lstrip().startswith("(")
-        if not is_call and match.group() not in PROMQL_KEYWORDS:
-            names.add(match.group())
-    return names
-
-
-def grouping_labels(expr: str) -> set[str]:
-    labels = set()
-    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
-        labels.update(label.strip() for label in group.split(",") if label.strip())
-    return labels
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -256,8 +201,8 @@ def test_promtool_accepts_prometheus_config() -> None:
 
 
 def test_dashboard_panels_have_targets() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["uid"] == "orthoserve"
+    board = dashboard()
+    assert board["uid"] == "orthoserve"
     panels = dashboard_panels()
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
     for panel in panels:
@@ -265,7 +210,7 @@ def test_dashboard_panels_have_targets() -> None:
         for target in panel["targets"]:
             assert target["expr"].strip(), f"panel {panel['title']!r} has an empty query"
             assert target["datasource"]["uid"] == "${datasource}"
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["query"] == "prometheus"
 
 
@@ -273,9 +218,7 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     """promtool parses every dashboard expression, with Grafana's variables filled in."""
     rules = []
     for index, expr in enumerate(dashboard_expressions()):
-        for pattern, value in GRAFANA_VARIABLES:
-            expr = pattern.sub(value, expr)
-        rules.append({"record": f"dashboard:expr_{index}", "expr": expr})
+        rules.append({"record": f"dashboard:expr_{index}", "expr": fill_grafana_variables(expr)})
     rules_file = tmp_path / "dashboard-rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run(
@@ -308,16 +251,13 @@ def test_metric_names_parser() -> None:
 
 
 @pytest.fixture(scope="module")
-def scraped(server) -> tuple[set[str], dict[str, set[str]]]:
+def scraped(served_request) -> tuple[set[str], dict[str, set[str]]]:
     """Series names the live server exports, and the label names seen on each series.
 
-    One request goes through first so labelled request metrics carry samples; families
-    without samples still count as exported through their # HELP / # TYPE lines.
+    Families without samples (labelled metrics never observed) count as exported through
+    their # HELP / # TYPE lines.
     """
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
-    model = client.models.list().data[0].id
-    client.completions.create(model=model, prompt="hello", max_tokens=2)
-    response = httpx.get(f"{server.base_url}/metrics", timeout=30)
+    response = httpx.get(f"{served_request.base_url}/metrics", timeout=30)
     response.raise_for_status()
     exported: set[str] = set()
     labels: dict[str, set[str]] = {}
