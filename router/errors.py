@@ -36,9 +36,8 @@ class TaskNotFound(RouterError):
     code = "task_not_found"
 
     def __init__(self, set_name: str, task: str, valid_tasks: Sequence[str]) -> None:
-        listed = ", ".join(valid_tasks) if valid_tasks else "(none: the set routes on its input)"
         super().__init__(
-            f"Adapter set '{set_name}' has no task '{task}'. Valid tasks: {listed}.", param="task"
+            f"Adapter set '{set_name}' has no task '{task}'. Valid tasks: {', '.join(valid_tasks)}.", param="task"
         )
         self.valid_tasks = tuple(valid_tasks)
 

@@ -4,7 +4,7 @@ Accepted forms, checked in this order:
 1. `model` is the served base model's name → the base model (a body `task` is an error).
 2. `model: "<set>/<task>"` → that task (a body `task`, if given, must be the same).
 3. `model: "<set>"` with body `task` → that task.
-4. `model: "<set>"` alone → the set's only task, or its input routing (BADIT sets without tasks).
+4. `model: "<set>"` alone → the set's only task, or input routing for a BADIT set routed on its input.
 There is no fallback: anything else is an error naming what is valid.
 """
 
@@ -49,10 +49,10 @@ def choose_task(set_name: str, tasks: tuple[str, ...], input_routed: bool, task:
         if task not in tasks:
             raise TaskNotFound(set_name, task, tasks)
         return tasks.index(task)
-    if input_routed:
-        return None
     if len(tasks) == 1:
         return 0
+    if input_routed:
+        return None
     raise TaskRequired(set_name, tasks)
 
 

@@ -71,7 +71,7 @@ def describe(set_dir: Path) -> SetDescription:
     if set_dir.name == "broken":
         raise InvalidSet("layer 0 q_proj: expected (8, 128), found (8, 64)")
     if set_dir.name == "routed":
-        return SetDescription(kind="badit", tasks=(), input_routed=True, nbytes=900)
+        return SetDescription(kind="badit", tasks=("summarise", "classify"), input_routed=True, nbytes=900)
     if set_dir.name == "single":
         return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
     return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)

@@ -30,7 +30,7 @@ def test_choose_task():
     tasks = ("boolq", "piqa")
     assert choose_task("mtl", tasks, False, "piqa") == 1
     assert choose_task("one", ("only",), False, None) == 0
-    assert choose_task("badit", (), True, None) is None
+    assert choose_task("badit", ("default",), True, None) == 0
     assert choose_task("badit", ("a", "b"), True, None) is None
     with pytest.raises(TaskRequired) as required:
         choose_task("mtl", tasks, False, None)
