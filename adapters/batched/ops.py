@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters.batched.weights import BaditProjection, BaseFactors, LoraProjection, MooreProjection
+from adapters.batched.weights import BaditProjection, ServingFactors, LoraProjection, MooreProjection
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class LoraGroup:
     rows: torch.Tensor  # (n_s,) local rows
 
 
-def moore_output(x: torch.Tensor, factors: BaseFactors, groups: Sequence[MooreGroup]) -> torch.Tensor:
+def moore_output(x: torch.Tensor, factors: ServingFactors, groups: Sequence[MooreGroup]) -> torch.Tensor:
     """MoORE's whole output `y = ((x M V) ⊙ ReLU(S + c_t + G_up G x)) Uᵀ` for rows of several sets."""
     z = x @ factors.V  # (n, d), shared by every set
     gate = factors.S.expand_as(z).clone()  # (n, d)
@@ -70,7 +70,7 @@ def badit_ability_weights(x: torch.Tensor, group: BaditGroup) -> torch.Tensor:
 
 
 def badit_delta(
-    x: torch.Tensor, factors: BaseFactors, groups: Sequence[BaditGroup], out: torch.Tensor
+    x: torch.Tensor, factors: ServingFactors, groups: Sequence[BaditGroup], out: torch.Tensor
 ) -> None:
     """Add BADIT's change to the base output in place: `out += −U_k S_k V_kᵀ x + (ω ⊙ x Aᵀ) Bᵀ`."""
     for group in groups:

@@ -24,7 +24,7 @@ class BaditProjection:
 
     A_t: torch.Tensor  # (in, K·r)
     B_t: torch.Tensor  # (K·r, out), multiplied by s = α/r
-    G_t: torch.Tensor  # (in, K) ability gate, transposed
+    G_t: torch.Tensor | None  # (in, K) ability gate, transposed; None for task routing
     rank_per_expert: int  # r
     task_mixture: torch.Tensor | None  # (n_tasks, K) fixed per-task ability weights, or None for input routing
 
@@ -36,7 +36,7 @@ class LoraProjection:
 
 
 @dataclass(frozen=True)
-class BaseFactors:
+class ServingFactors:
     """Thin SVD of one base weight `W = U diag(S) Vᵀ`, in serving layout."""
 
     U_t: torch.Tensor  # (d, out)

@@ -16,7 +16,7 @@ from torch import nn
 from adapters.batched.ops import BaditGroup, LoraGroup, MooreGroup, badit_delta, lora_delta, moore_output
 from adapters.batched.weights import (
     BaditProjection,
-    BaseFactors,
+    ServingFactors,
     LoraProjection,
     MooreProjection,
     ProjectionWeights,
@@ -30,7 +30,7 @@ class WorkerAdapterState:
     """Everything the adapted layers of one worker share: resident slots, base factors, this step's routing."""
 
     slots: dict[int, ResidentSlot] = field(default_factory=dict)
-    factors: dict[tuple[int, str], BaseFactors] = field(default_factory=dict)
+    factors: dict[tuple[int, str], ServingFactors] = field(default_factory=dict)
     routing: BatchRouting | None = None
 
 
@@ -127,7 +127,7 @@ class AdaptedLinear(nn.Module):
         x: torch.Tensor,
         columns: torch.Tensor,
         projection: Projection,
-        factors: BaseFactors,
+        factors: ServingFactors,
         entries: list[tuple[SlotRows, MooreProjection]],
     ) -> None:
         rows = torch.cat([slot_rows.rows for slot_rows, _ in entries])

@@ -5,4 +5,75 @@ Contract used by the router:
   `slot` (an int never reused) and returns the bytes it occupies there.
 - `await backend.unload(slot)` frees it; callers guarantee no running request still uses the slot.
 - `request_routing(target)` gives the `SamplingParams.extra_args` and `cache_salt` for a request.
+
+Prefix caching: KV entries depend on the adapter, so adapter requests carry a cache salt naming the
+set, version and task; a BADIT request gets a salt of its own (its prefill routing averages over the
+whole prompt, so its KV can never be shared with another prompt that merely starts the same way).
 """
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from adapters.base_model import BaseModelInfo
+from adapters.format import read_manifest
+from adapters.svd_cache import ensure_base_factors
+from router.batch_routing import RequestRoute
+from router.target import RouteTarget
+
+_FACTORED_KINDS = ("moore", "badit")
+WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
+_MIN_BATCHED_TOKENS = 2048
+
+
+def adapter_engine_options(max_model_len: int) -> dict[str, Any]:
+    """Engine arguments adapter serving needs: the worker extension, and whole-prompt prefill (BADIT's
+    prefill routing averages over the entire prompt, so a prompt must never be split into chunks)."""
+    return {
+        "worker_extension_cls": WORKER_EXTENSION,
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(max_model_len, _MIN_BATCHED_TOKENS),
+    }
+
+
+def load_slot_args(base: BaseModelInfo, svd_cache_dir: Path, slot: int, set_dir: Path) -> tuple[int, str, str | None]:
+    """Arguments of the workers' `orthoserve_load_slot`; computes the base factors first if the set needs them."""
+    factors_dir = None
+    if read_manifest(set_dir).kind in _FACTORED_KINDS:
+        factors_dir = str(ensure_base_factors(base, svd_cache_dir))
+    return slot, str(set_dir), factors_dir
+
+
+class RpcEngine(Protocol):
+    async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None) -> list[Any]: ...
+
+
+class AdapterEngineBackend:
+    def __init__(self, engine: RpcEngine, base: BaseModelInfo, svd_cache_dir: Path) -> None:
+        self._engine = engine
+        self._base = base
+        self._svd_cache_dir = svd_cache_dir
+
+    async def load(self, slot: int, set_dir: Path) -> int:
+        args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
+        return max(await self._engine.collective_rpc("orthoserve_load_slot", args=args))
+
+    async def unload(self, slot: int) -> int:
+        freed = await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
+        return max(freed)
+
+    async def resident_bytes(self) -> dict[str, int]:
+        return (await self._engine.collective_rpc("orthoserve_resident_bytes"))[0]
+
+
+def request_routing(target: RouteTarget) -> tuple[dict[str, Any] | None, str | None]:
+    """`(SamplingParams.extra_args, cache_salt)` for a request to `target`; (None, None) for the base model."""
+    if target.is_base:
+        return None, None
+    extra_args = RequestRoute(slot=target.slot, task_index=target.task_index).to_extra_args()
+    if target.kind == "badit":
+        return extra_args, f"badit:{uuid.uuid4().hex}"
+    return extra_args, f"{target.set_name}@{target.version}/{target.task}"

@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from adapters.batched.convert import load_base_factors, load_serving_slot
+from adapters.batched.convert import FACTORED_KINDS, load_serving_factors, load_serving_slot
 from router.batch_routing import RequestRoute, build_batch_routing
 from server.engine import vllm_internals
 from server.engine.adapted_linear import AdaptedLinear, Projection, WorkerAdapterState
@@ -24,22 +24,22 @@ class OrthoserveWorkerExtension:
         """Load one validated adapter-set version under `slot`; returns the bytes it occupies here."""
         state = self._orthoserve_state()
         dtype = vllm_internals.worker_model_dtype(self)
-        resident = load_serving_slot(pathlib.Path(set_dir), dtype, factors_dir and pathlib.Path(factors_dir))
-        if resident.kind in ("moore", "badit") and not state.factors:
-            if factors_dir is None:
-                raise ValueError(f"a {resident.kind} set needs the base factors")
-            state.factors.update(load_base_factors(pathlib.Path(factors_dir), dtype))
+        factors_path = pathlib.Path(factors_dir) if factors_dir else None
+        resident = load_serving_slot(pathlib.Path(set_dir), dtype, factors_path)
+        if resident.kind in FACTORED_KINDS:
+            missing = [key for key in resident.projections if key not in state.factors]
+            state.factors.update(load_serving_factors(factors_path, missing, dtype))
         state.slots[slot] = resident
         return resident.nbytes
 
     def orthoserve_unload_slot(self, slot: int) -> int:
-        """Drop `slot`; the base factors go too once no MoORE/BADIT slot needs them. Returns bytes freed."""
+        """Drop `slot` and the base factors no remaining slot needs. Returns the bytes freed."""
         state = self._orthoserve_state()
         resident = state.slots.pop(slot, None)
         freed = resident.nbytes if resident else 0
-        if not any(s.kind in ("moore", "badit") for s in state.slots.values()):
-            freed += sum(f.nbytes for f in state.factors.values())
-            state.factors.clear()
+        needed = {key for s in state.slots.values() if s.kind in FACTORED_KINDS for key in s.projections}
+        for key in [key for key in state.factors if key not in needed]:
+            freed += state.factors.pop(key).nbytes
         return freed
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:

@@ -1,0 +1,97 @@
+"""A synchronous, in-process engine with adapter serving, for benchmarks and exactness tests.
+
+It runs the same engine configuration and worker extension as the server, without HTTP: every
+request handed to `generate` in one call is scheduled together, so a call is one mixed batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.base_model import describe_base_model
+from router.target import BASE_TARGET, RouteTarget
+from server.engine import vllm_compat as vc
+from server.engine.adapter_backend import adapter_engine_options, load_slot_args, request_routing
+from server.settings import export_environment
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class OfflineRequest:
+    prompt_token_ids: list[int]
+    target: RouteTarget = BASE_TARGET
+    max_tokens: int = 16
+    stock_lora: vc.LoRARequest | None = None  # vLLM's own LoRA path, for comparison runs
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    token_ids: list[int]
+    logprobs: list[float]  # of each generated token
+
+
+class OfflineEngine:
+    def __init__(
+        self,
+        model_dir: Path,
+        svd_cache_dir: Path,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 1024,
+        kv_cache_gib: float = 0.5,
+        stock_lora_rank: int | None = None,
+        max_stock_loras: int = 8,
+    ) -> None:
+        vc.check_pinned_version()
+        if vc.is_cpu_platform():
+            export_environment(vc.cpu_worker_thread_env(1))
+        self.base = describe_base_model(model_dir)
+        self._svd_cache_dir = svd_cache_dir
+        stock_lora = (
+            {"enable_lora": True, "max_lora_rank": stock_lora_rank, "max_loras": max_stock_loras}
+            if stock_lora_rank
+            else {}
+        )
+        self.llm = vc.LLM(
+            model=str(model_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            kv_cache_memory_bytes=int(kv_cache_gib * GiB),
+            enforce_eager=vc.is_cpu_platform(),
+            seed=0,
+            **adapter_engine_options(max_model_len),
+            **stock_lora,
+        )
+
+    def load(self, slot: int, set_dir: Path) -> int:
+        args = load_slot_args(self.base, self._svd_cache_dir, slot, set_dir)
+        return max(self.llm.collective_rpc("orthoserve_load_slot", args=args))
+
+    def unload(self, slot: int) -> int:
+        return max(self.llm.collective_rpc("orthoserve_unload_slot", args=(slot,)))
+
+    def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
+        prompts, params = [], []
+        for request in requests:
+            extra_args, cache_salt = request_routing(request.target)
+            prompt = vc.TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+            if cache_salt is not None:
+                prompt["cache_salt"] = cache_salt
+            prompts.append(prompt)
+            params.append(
+                vc.SamplingParams(max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True, extra_args=extra_args)
+            )
+        outputs = self.llm.generate(
+            prompts, params, lora_request=[r.stock_lora for r in requests], use_tqdm=False
+        )
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            logprobs = [entry[token].logprob for token, entry in zip(completion.token_ids, completion.logprobs)]
+            results.append(OfflineResult(list(completion.token_ids), logprobs))
+        return results
+
+    def shutdown(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
