@@ -1,0 +1,31 @@
+"""The FastAPI application: routes, error handlers, and the engine's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.api import chat, completions, health, models
+from server.engine.service import EngineService
+from server.errors import install_error_handlers
+from server.settings import Settings
+
+
+def create_app(settings: Settings, engine: EngineService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(title="orthoserve", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    for module in (models, completions, chat, health):
+        app.include_router(module.router)
+    return app

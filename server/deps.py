@@ -1,0 +1,22 @@
+"""Shared state for handlers, injected with `Depends` through these `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.engine.service import EngineService
+from server.settings import Settings
+
+
+def get_engine(request: Request) -> EngineService:
+    return request.app.state.engine
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+EngineDep = Annotated[EngineService, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

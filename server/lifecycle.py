@@ -1,0 +1,83 @@
+"""The life of one API request, observable from one place.
+
+The engine service reports every request's arrival, first generated token and finish (with its
+outcome, token counts and vLLM's per-request stats) to the observers registered here. Metrics,
+tracing or logging plug in with `RequestLifecycle.add_observer` and never touch the handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from router.target import RouteTarget
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "client_error", "server_error", "cancelled"]
+
+
+@dataclass
+class RequestRecord:
+    """What is known about one request so far. Times are `time.monotonic()` seconds."""
+
+    request_id: str
+    endpoint: Literal["completions", "chat"]
+    model: str
+    stream: bool
+    arrival_time: float = field(default_factory=time.monotonic)
+    target: RouteTarget | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    engine_stats: list[Any] = field(default_factory=list)
+    """vLLM `RequestStateStats` of each engine request (one per prompt), as last reported."""
+
+
+class RequestObserver(Protocol):
+    def on_arrival(self, record: RequestRecord) -> None: ...
+
+    def on_first_token(self, record: RequestRecord) -> None: ...
+
+    def on_finish(self, record: RequestRecord) -> None: ...
+
+
+class RequestLifecycle:
+    """Creates request records and fans their events out to the observers."""
+
+    def __init__(self) -> None:
+        self._observers: list[RequestObserver] = []
+
+    def add_observer(self, observer: RequestObserver) -> None:
+        self._observers.append(observer)
+
+    def arrive(self, request_id: str, endpoint: Literal["completions", "chat"], model: str, stream: bool) -> RequestRecord:
+        record = RequestRecord(request_id=request_id, endpoint=endpoint, model=model, stream=stream)
+        self._notify("on_arrival", record)
+        return record
+
+    def first_token(self, record: RequestRecord) -> None:
+        if record.first_token_time is None:
+            record.first_token_time = time.monotonic()
+            self._notify("on_first_token", record)
+
+    def finish(self, record: RequestRecord, outcome: Outcome, error: BaseException | None = None) -> None:
+        if record.outcome is not None:
+            return
+        record.finish_time = time.monotonic()
+        record.outcome = outcome
+        record.error = error
+        self._notify("on_finish", record)
+
+    def _notify(self, event: str, record: RequestRecord) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, event)(record)
+            except Exception:
+                # An observer must never fail the request it watches.
+                logger.exception("Request observer %r failed on %s", observer, event)

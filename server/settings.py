@@ -1,0 +1,53 @@
+"""Every knob of the server, read once from flags or `ORTHOSERVE_*` environment variables.
+
+This class is the only reader of the process environment in the project.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORTHOSERVE_", protected_namespaces=())
+
+    model: Path | None = Field(
+        default=None,
+        description="Local Hugging Face Llama-family folder to serve; unset serves SmolLM2-135M-Instruct.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients pass as `model`; defaults to the model folder's name."
+    )
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
+    dtype: Dtype = Field(default="auto", description="Weight and activation dtype.")
+    max_model_len: int | None = Field(
+        default=2048, ge=16, description="Context length (prompt + output tokens); unset uses the model's."
+    )
+    kv_cache_gib: float = Field(default=1.0, gt=0, description="Memory reserved for the KV cache, in GiB.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel degree passed to vLLM.")
+    cpu_threads: int = Field(
+        default=1, ge=1, description="Torch threads of the CPU engine worker (1 decodes fastest on small CPUs)."
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "orthoserve",
+        description="Where converted models are kept.",
+    )
+    admin_token: str | None = Field(default=None, description="Bearer token of the admin API.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+
+def export_environment(values: dict[str, str]) -> None:
+    """Set variables for child processes (the engine's); the one writer of the process environment."""
+    os.environ.update(values)
