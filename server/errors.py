@@ -15,6 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.errors import AdapterError
+from router.errors import (
+    AdapterPathMissing,
+    AdapterSetBusy,
+    AdapterSetExists,
+    AdapterSetNotFound,
+    MemoryBudgetExceeded,
+    PathNotAllowed,
+    RouterError,
+    TaskNotFound,
+)
 from server.protocol import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -52,12 +63,16 @@ class EngineUnavailable(OrthoserveError):
     """The engine is not running (starting, stopped or dead)."""
 
 
+DomainError = OrthoserveError | RouterError | AdapterError
+_DOMAIN_ERRORS = (OrthoserveError, RouterError, AdapterError)
+
+
 @dataclass(frozen=True)
 class ErrorStatus:
-    exception: type[OrthoserveError]
+    exception: type[Exception]
     status: int
     type: str
-    code: str | None
+    code: str | None  # None: the exception's own stable `code` (router and adapter-set errors), if any
 
 
 ERROR_STATUSES: tuple[ErrorStatus, ...] = (
@@ -67,11 +82,20 @@ ERROR_STATUSES: tuple[ErrorStatus, ...] = (
     ErrorStatus(ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     ErrorStatus(ClientDisconnected, 499, "invalid_request_error", "client_closed_request"),
     ErrorStatus(EngineUnavailable, 503, "server_error", "engine_unavailable"),
+    ErrorStatus(AdapterSetNotFound, 404, "invalid_request_error", None),
+    ErrorStatus(TaskNotFound, 404, "invalid_request_error", None),
+    ErrorStatus(PathNotAllowed, 403, "invalid_request_error", None),
+    ErrorStatus(AdapterSetExists, 409, "invalid_request_error", None),
+    ErrorStatus(AdapterSetBusy, 409, "invalid_request_error", None),
+    ErrorStatus(AdapterPathMissing, 422, "invalid_request_error", None),
+    ErrorStatus(MemoryBudgetExceeded, 507, "insufficient_storage", None),
+    ErrorStatus(RouterError, 400, "invalid_request_error", None),  # ambiguous or malformed tags, bad names
+    ErrorStatus(AdapterError, 422, "invalid_request_error", None),  # every failed validation of a set
 )
 _FALLBACK = ErrorStatus(OrthoserveError, 500, "server_error", None)
 
 
-def status_of(exc: OrthoserveError) -> ErrorStatus:
+def status_of(exc: DomainError) -> ErrorStatus:
     for entry in ERROR_STATUSES:
         if isinstance(exc, entry.exception):
             return entry
@@ -79,14 +103,15 @@ def status_of(exc: OrthoserveError) -> ErrorStatus:
 
 
 def is_client_error(exc: BaseException) -> bool:
-    return isinstance(exc, OrthoserveError) and 400 <= status_of(exc).status < 500
+    return isinstance(exc, _DOMAIN_ERRORS) and 400 <= status_of(exc).status < 500
 
 
 def error_response_body(exc: BaseException) -> tuple[int, ErrorResponse]:
     """Status and envelope for any exception; unexpected ones become a generic 500."""
-    if isinstance(exc, OrthoserveError):
+    if isinstance(exc, _DOMAIN_ERRORS):
         entry = status_of(exc)
-        detail = ErrorDetail(message=exc.message, type=entry.type, param=exc.param, code=entry.code)
+        code = entry.code or getattr(exc, "code", None)
+        detail = ErrorDetail(message=exc.message, type=entry.type, param=getattr(exc, "param", None), code=code)
         return entry.status, ErrorResponse(error=detail)
     detail = ErrorDetail(message="Internal server error.", type="server_error", param=None, code=None)
     return 500, ErrorResponse(error=detail)
@@ -96,7 +121,7 @@ def _json(status: int, body: ErrorResponse) -> JSONResponse:
     return JSONResponse(status_code=status, content=body.model_dump())
 
 
-async def _orthoserve_error(_: Request, exc: OrthoserveError) -> JSONResponse:
+async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
     return _json(*error_response_body(exc))
 
 
@@ -146,7 +171,8 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(OrthoserveError, _orthoserve_error)
+    for domain_error in _DOMAIN_ERRORS:
+        app.add_exception_handler(domain_error, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

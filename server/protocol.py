@@ -26,12 +26,22 @@ class ErrorResponse(BaseModel):
 # --- models ---------------------------------------------------------------------------------------
 
 
+class AdapterSetCardInfo(BaseModel):
+    """The `orthoserve` object of an adapter set's (or one of its tasks') model card."""
+
+    kind: str
+    version: int
+    tasks: list[str]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "orthoserve"
     max_model_len: int | None = None
+    parent: str | None = None
+    orthoserve: AdapterSetCardInfo | None = None
 
 
 class ModelList(BaseModel):
