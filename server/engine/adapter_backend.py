@@ -14,6 +14,7 @@ whole prompt, so its KV can never be shared with another prompt that merely star
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +38,12 @@ def adapter_engine_options(max_model_len: int) -> dict[str, Any]:
         "enable_chunked_prefill": False,
         "max_num_batched_tokens": max(max_model_len, _MIN_BATCHED_TOKENS),
     }
+
+
+def model_context_length(model_dir: Path) -> int:
+    """The context length a model folder declares (what vLLM uses when no max model length is set)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config["max_position_embeddings"])
 
 
 def load_slot_args(base: BaseModelInfo, svd_cache_dir: Path, slot: int, set_dir: Path) -> tuple[int, str, str | None]:

@@ -39,7 +39,7 @@ class OfflineEngine:
         svd_cache_dir: Path,
         *,
         dtype: str = "auto",
-        max_model_len: int = 1024,
+        max_model_len: int = 512,
         kv_cache_gib: float = 0.5,
         stock_lora_rank: int | None = None,
         max_stock_loras: int = 8,
