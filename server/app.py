@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
-from server.api import chat, completions, health, models
+from server.api import chat, completions, health, metrics, models
 from server.engine.service import EngineService
 from server.errors import install_error_handlers
+from server.metrics import ServingMetrics
 from server.settings import Settings
 
 
@@ -25,7 +27,12 @@ def create_app(settings: Settings, engine: EngineService) -> FastAPI:
     app = FastAPI(title="orthoserve", lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
+    # vLLM's engine logger registers its `vllm:` metrics in prometheus_client's global registry.
+    app.state.metrics = ServingMetrics(
+        max_tasks=settings.metrics_max_tasks, buckets=settings.metrics_buckets, engine_registry=REGISTRY
+    )
+    engine.lifecycle.add_observer(app.state.metrics)
     install_error_handlers(app)
-    for module in (models, completions, chat, health):
+    for module in (models, completions, chat, health, metrics):
         app.include_router(module.router)
     return app

@@ -41,6 +41,8 @@ def serve(
     admin_token: Annotated[str | None, typer.Option(help=_help("admin_token"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
+    metrics_max_tasks: Annotated[int | None, typer.Option(help=_help("metrics_max_tasks"))] = None,
+    metrics_buckets: Annotated[str | None, typer.Option(help=_help("metrics_buckets"))] = None,
 ) -> None:
     """Serve a model behind the OpenAI-compatible API."""
     settings = _settings(**locals())

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.engine.service import EngineService
+from server.metrics import ServingMetrics
 from server.settings import Settings
 
 
@@ -14,9 +15,14 @@ def get_engine(request: Request) -> EngineService:
     return request.app.state.engine
 
 
+def get_metrics(request: Request) -> ServingMetrics:
+    return request.app.state.metrics
+
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 EngineDep = Annotated[EngineService, Depends(get_engine)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

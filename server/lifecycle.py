@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -37,6 +38,8 @@ class RequestRecord:
     error: BaseException | None = None
     engine_stats: list[Any] = field(default_factory=list)
     """vLLM `RequestStateStats` of each engine request (one per prompt), as last reported."""
+    output_times: list[tuple[float, int]] = field(default_factory=list)
+    """(time, new tokens) of every engine output that carried tokens, in arrival order."""
 
 
 class RequestObserver(Protocol):
@@ -61,10 +64,20 @@ class RequestLifecycle:
         self._notify("on_arrival", record)
         return record
 
-    def first_token(self, record: RequestRecord) -> None:
+    def tokens_arrived(self, record: RequestRecord, count: int) -> None:
+        """An engine output with `count` new tokens (over all choices) reached the server."""
+        if count <= 0:
+            return
+        now = time.monotonic()
+        record.output_times.append((now, count))
         if record.first_token_time is None:
-            record.first_token_time = time.monotonic()
+            record.first_token_time = now
             self._notify("on_first_token", record)
+
+    def reject(self, endpoint: Literal["completions", "chat"], error: BaseException) -> None:
+        """Report a request refused before its body could be read (it never reaches the service)."""
+        record = self.arrive(f"rejected-{uuid.uuid4().hex}", endpoint, model="", stream=False)
+        self.finish(record, "client_error", error)
 
     def finish(self, record: RequestRecord, outcome: Outcome, error: BaseException | None = None) -> None:
         if record.outcome is not None:

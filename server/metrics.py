@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, Protocol
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
@@ -307,7 +307,7 @@ class ServingMetrics:
 
     # -- exposition -----------------------------------------------------------------------------
 
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
 
     def render(self) -> bytes:
         """The text exposition of orthoserve's metrics."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.metrics import DEFAULT_LATENCY_BUCKETS, DEFAULT_MAX_TASKS, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
@@ -42,6 +44,20 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(default=None, description="Bearer token of the admin API.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    metrics_max_tasks: int = Field(
+        default=DEFAULT_MAX_TASKS,
+        ge=1,
+        description="Distinct (set, task) label pairs in /metrics, first come; later ones fold into task=\"_other\".",
+    )
+    metrics_buckets: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=DEFAULT_LATENCY_BUCKETS,
+        description="Latency histogram bucket upper bounds in seconds, comma-separated and increasing.",
+    )
+
+    @field_validator("metrics_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: object) -> object:
+        return parse_buckets(value) if isinstance(value, str) else value
 
     @property
     def models_dir(self) -> Path:

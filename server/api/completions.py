@@ -3,12 +3,13 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.api.observed_route import observed_route
 from server.api.openai_shapes import completion_chunks, completion_response
 from server.api.streaming import sse_response, until_disconnected
 from server.deps import EngineDep
 from server.protocol import CompletionRequest, CompletionResponse
 
-router = APIRouter()
+router = APIRouter(route_class=observed_route("completions"))
 
 
 @router.post("/v1/completions", response_model=CompletionResponse)

@@ -104,7 +104,8 @@ class EngineService:
             kv_cache_memory_bytes=int(settings.kv_cache_gib * GiB),
             tensor_parallel_size=settings.tensor_parallel_size,
             enforce_eager=vc.is_cpu_platform(),
-            disable_log_stats=True,
+            # Stats on: vLLM then stamps each request's queue/prefill/decode times (request metrics).
+            disable_log_stats=False,
         )
 
     async def start(self) -> None:
@@ -276,9 +277,8 @@ class EngineService:
                 async for prompt_index, output in outputs:
                     if output.metrics is not None:
                         stats[prompt_index] = output.metrics
+                    self.lifecycle.tokens_arrived(record, sum(len(c.token_ids) for c in output.outputs))
                     for completion in output.outputs:
-                        if completion.token_ids:
-                            self.lifecycle.first_token(record)
                         job.completion_tokens += len(completion.token_ids)
                         record.generated_tokens = job.completion_tokens
                         yield ChoiceDelta(
