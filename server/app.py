@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import REGISTRY
 
-from server.api import chat, completions, health, metrics, models
+from adapters.base_model import describe_base_model
+from adapters.format import MANIFEST_FILE
+from router.paths import AdapterRoots
+from router.ports import RegistryObserver
+from router.registry import AdapterRegistry
+from router.validation import AdapterSetValidator
+from server.api import admin, chat, completions, health, metrics, models
+from server.engine.adapter_backend import AdapterEngineBackend
 from server.engine.service import EngineService
 from server.errors import install_error_handlers
 from server.metrics import ServingMetrics
@@ -19,6 +27,8 @@ def create_app(settings: Settings, engine: EngineService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        app.state.registry = await _start_registry(settings, engine, app.state.metrics)
+        engine.resolver = app.state.registry
         try:
             yield
         finally:
@@ -35,4 +45,23 @@ def create_app(settings: Settings, engine: EngineService) -> FastAPI:
     install_error_handlers(app)
     for module in (models, completions, chat, health, metrics):
         app.include_router(module.router)
+    if settings.admin_token:
+        # Without a configured token the admin API does not exist (404) rather than being open.
+        app.include_router(admin.router, dependencies=[Depends(admin.verify_admin_token)])
     return app
+
+
+async def _start_registry(settings: Settings, engine: EngineService, observer: RegistryObserver) -> AdapterRegistry:
+    """The adapter registry on the running engine, with the sets of `--adapter-sets` loaded."""
+    base = await asyncio.to_thread(describe_base_model, engine.model_dir)
+    registry = AdapterRegistry(
+        AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir),
+        AdapterSetValidator(base),
+        engine.served_model_name,
+        roots=AdapterRoots(settings.adapter_roots),
+        memory_budget=settings.adapter_memory_budget,
+        observer=observer,
+    )
+    if settings.adapter_sets is not None:
+        await registry.load_directory(settings.adapter_sets, MANIFEST_FILE)
+    return registry

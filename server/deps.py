@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from router.registry import AdapterRegistry
 from server.engine.service import EngineService
 from server.metrics import ServingMetrics
 from server.settings import Settings
@@ -19,6 +20,10 @@ def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
+def get_registry(request: Request) -> AdapterRegistry:
+    return request.app.state.registry
+
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -26,3 +31,4 @@ def get_settings(request: Request) -> Settings:
 EngineDep = Annotated[EngineService, Depends(get_engine)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[AdapterRegistry, Depends(get_registry)]

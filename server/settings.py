@@ -42,7 +42,24 @@ class Settings(BaseSettings):
         default=Path.home() / ".cache" / "orthoserve",
         description="Where converted models are kept.",
     )
-    admin_token: str | None = Field(default=None, description="Bearer token of the admin API.")
+    admin_token: str | None = Field(
+        default=None, description="Bearer token of the admin API; without one the admin API is not served."
+    )
+    adapter_sets: Path | None = Field(
+        default=None,
+        description="Folder whose sub-folders with a manifest.json are loaded as adapter sets at start; "
+        "a bad one is logged and skipped.",
+    )
+    adapter_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folder the admin API may load adapter sets from (repeatable); paths that resolve "
+        "outside every root, symlinks included, are refused.",
+    )
+    adapter_memory_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes of engine memory resident adapter sets may occupy; a load that does not fit is refused.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     metrics_max_tasks: int = Field(
         default=DEFAULT_MAX_TASKS,

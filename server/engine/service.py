@@ -19,6 +19,7 @@ from typing import Literal
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from router.resident import Lease
 from router.target import RouteTarget
 from server.engine import vllm_compat as vc
 from server.errors import (
@@ -67,6 +68,7 @@ class GenerationJob:
     prompts: list[list[int]]
     params: vc.SamplingParams
     record: RequestRecord
+    lease: Lease  # holds the target's adapter-set version until the request ends
     headers: dict[str, str] = field(default_factory=dict)
     completion_tokens: int = 0
 
@@ -152,26 +154,25 @@ class EngineService:
 
     # --- request preparation ---------------------------------------------------------------------
 
-    def model_ids(self) -> list[str]:
-        return self.resolver.model_ids()
-
     def prepare_completion(self, request: CompletionRequest) -> GenerationJob:
         record = self.lifecycle.arrive(_new_id("cmpl"), "completions", request.model, request.stream)
         with self._finishing_on_error(record):
-            target = self.resolver.resolve(request.model, request.task)
-            prompts = [self._encode_completion_prompt(prompt) for prompt in request.prompts]
-            default_limit = "max_tokens" not in request.model_fields_set
-            return self._job(record, request, target, prompts, request.max_tokens, request.logprobs, default_limit)
+            lease = self.resolver.acquire(request.model, request.task)
+            with lease.released_on_error():
+                prompts = [self._encode_completion_prompt(prompt) for prompt in request.prompts]
+                default_limit = "max_tokens" not in request.model_fields_set
+                return self._job(record, request, lease, prompts, request.max_tokens, request.logprobs, default_limit)
 
     def prepare_chat(self, request: ChatCompletionRequest) -> GenerationJob:
         record = self.lifecycle.arrive(_new_id("chatcmpl"), "chat", request.model, request.stream)
         with self._finishing_on_error(record):
-            target = self.resolver.resolve(request.model, request.task)
-            messages = [{"role": message.role, "content": message.text} for message in request.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            prompt = self.tokenizer.encode(text, add_special_tokens=False)
-            limit = request.output_limit
-            return self._job(record, request, target, [prompt], limit, request.logprobs_count, limit is None)
+            lease = self.resolver.acquire(request.model, request.task)
+            with lease.released_on_error():
+                messages = [{"role": message.role, "content": message.text} for message in request.messages]
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                prompt = self.tokenizer.encode(text, add_special_tokens=False)
+                limit = request.output_limit
+                return self._job(record, request, lease, [prompt], limit, request.logprobs_count, limit is None)
 
     def _encode_completion_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -185,12 +186,13 @@ class EngineService:
         self,
         record: RequestRecord,
         request: SamplingFields,
-        target: RouteTarget,
+        lease: Lease,
         prompts: list[list[int]],
         max_tokens: int | None,
         logprobs: int | None,
         limit_is_default: bool,
     ) -> GenerationJob:
+        target = lease.target
         record.target = target
         record.prompt_tokens = sum(len(prompt) for prompt in prompts)
         room = self.max_model_len - max(len(prompt) for prompt in prompts)
@@ -217,6 +219,7 @@ class EngineService:
             prompts=prompts,
             params=params,
             record=record,
+            lease=lease,
             headers=headers,
         )
 
@@ -302,6 +305,8 @@ class EngineService:
         except Exception as exc:
             self._finish(record, stats, "client_error" if is_client_error(exc) else "server_error", exc)
             raise
+        finally:
+            job.lease.release()
         self._finish(record, stats, "ok")
 
     def _finish(

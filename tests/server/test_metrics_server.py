@@ -115,9 +115,10 @@ def streamed_chat(client: openai.OpenAI, task: ServedTask, max_tokens: int = 8) 
 def cancel_a_stream(server: RunningServer, task: ServedTask) -> None:
     """Start a long chat stream, read its first event, and hang up."""
     body = {"model": task.model, "messages": MESSAGES, "max_tokens": 400, "stream": True, **(task.extra_body or {})}
-    with httpx.Client(timeout=60) as http, http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as r:
-        assert r.status_code == 200
-        assert next(line for line in r.iter_lines() if line.startswith("data:"))
+    url = f"{server.base_url}/v1/chat/completions"
+    with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as response:
+        assert response.status_code == 200
+        assert next(line for line in response.iter_lines() if line.startswith("data:"))
 
 
 # -- consistency ----------------------------------------------------------------------------------

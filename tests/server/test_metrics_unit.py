@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.target import BASE_TARGET, RouteTarget
+from server.engine.vllm_compat import RequestStateStats
+from server.lifecycle import Outcome, RequestLifecycle, RequestRecord
 from server.metrics import DEFAULT_LATENCY_BUCKETS, ServingMetrics, parse_buckets
 
 LATENCY_HISTOGRAMS = (
@@ -108,18 +109,22 @@ def test_configured_buckets_are_the_exposed_bounds() -> None:
 
 def request(
     target: RouteTarget | None,
-    outcome: str,
+    outcome: Outcome,
     *,
     arrival: float = 100.0,
     outputs: tuple[tuple[float, int], ...] = ((100.5, 1),),
     finish: float = 101.0,
     prompt_tokens: int = 3,
-    engine_stats: tuple[SimpleNamespace, ...] = (),
-) -> SimpleNamespace:
-    """A request record as the engine service reports it at its finish."""
-    return SimpleNamespace(
-        target=target,
+    engine_stats: tuple[RequestStateStats, ...] = (),
+) -> RequestRecord:
+    """A request record as the engine service hands it to observers at its finish, with chosen times."""
+    return RequestRecord(
+        request_id="req-1",
+        endpoint="completions",
+        model="m",
+        stream=False,
         arrival_time=arrival,
+        target=target,
         first_token_time=outputs[0][0] if outputs else None,
         finish_time=finish,
         output_times=list(outputs),
@@ -130,11 +135,11 @@ def request(
     )
 
 
-def engine_stats(queued: float, scheduled: float, first: float, last: float) -> SimpleNamespace:
-    return SimpleNamespace(queued_ts=queued, scheduled_ts=scheduled, first_token_ts=first, last_token_ts=last)
+def engine_stats(queued: float, scheduled: float, first: float, last: float) -> RequestStateStats:
+    return RequestStateStats(queued_ts=queued, scheduled_ts=scheduled, first_token_ts=first, last_token_ts=last)
 
 
-def run_through(metrics: ServingMetrics, record: SimpleNamespace) -> None:
+def run_through(metrics: ServingMetrics, record: RequestRecord) -> None:
     metrics.on_arrival(record)
     if record.first_token_time is not None:
         metrics.on_first_token(record)
@@ -187,6 +192,36 @@ def test_a_completed_request_is_observed_on_both_clocks() -> None:
             assert sample(metrics, f"{name}_count", **labels) == 1, name
 
 
+def test_the_lifecycle_drives_the_gauges_and_the_histograms() -> None:
+    metrics = ServingMetrics()
+    lifecycle = RequestLifecycle()
+    lifecycle.add_observer(metrics)
+    record = lifecycle.arrive("req-1", "chat", "m", stream=True)
+    record.target = task_target("s", "t")
+    assert sample(metrics, "orthoserve_requests_waiting") == 1
+    lifecycle.tokens_arrived(record, 0)  # an output without tokens is not a first token
+    assert sample(metrics, "orthoserve_requests_waiting") == 1
+    for _ in range(3):
+        lifecycle.tokens_arrived(record, 1)
+    assert (sample(metrics, "orthoserve_requests_waiting"), sample(metrics, "orthoserve_requests_running")) == (0, 1)
+    record.prompt_tokens, record.generated_tokens = 5, 3
+    lifecycle.finish(record, "ok")
+    labels = {"set": "s", "task": "t"}
+    assert sample(metrics, "orthoserve_requests_running") == 0
+    assert sample(metrics, "orthoserve_inter_token_latency_seconds_count", **labels) == 2
+    ttft = sample(metrics, "orthoserve_time_to_first_token_seconds_sum", **labels)
+    assert 0 < ttft <= sample(metrics, "orthoserve_e2e_request_latency_seconds_sum", **labels)
+
+
+def test_a_request_refused_before_it_was_read_is_an_unknown_client_error() -> None:
+    metrics = ServingMetrics()
+    lifecycle = RequestLifecycle()
+    lifecycle.add_observer(metrics)
+    lifecycle.reject("chat", ValueError("body is not JSON"))
+    assert sample(metrics, "orthoserve_requests_total", set="_unknown", task="_unknown", outcome="client_error") == 1
+    assert sample(metrics, "orthoserve_requests_waiting") == 0
+
+
 def test_engine_times_of_several_prompts_span_all_their_engine_requests() -> None:
     metrics = ServingMetrics()
     stats = (engine_stats(1.0, 1.5, 2.0, 4.0), engine_stats(1.25, 1.75, 2.5, 5.0))
@@ -206,7 +241,7 @@ def test_engine_times_are_skipped_when_the_engine_did_not_record_them() -> None:
 
 
 @pytest.mark.parametrize("outcome", ["cancelled", "server_error", "client_error"])
-def test_unsuccessful_requests_count_their_tokens_but_no_latency(outcome: str) -> None:
+def test_unsuccessful_requests_count_their_tokens_but_no_latency(outcome: Outcome) -> None:
     metrics = ServingMetrics()
     run_through(metrics, request(task_target("s", "t"), outcome, outputs=((100.5, 1), (100.6, 1))))
     assert sample(metrics, "orthoserve_requests_total", set="s", task="t", outcome=outcome) == 1
