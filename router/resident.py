@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,15 @@ class Lease:
         on_release, self._on_release = self._on_release, None
         if on_release is not None:
             on_release()
+
+    @contextlib.contextmanager
+    def released_on_error(self) -> Iterator[RouteTarget]:
+        """Keep holding past the block only if it succeeds (the request goes on to the engine)."""
+        try:
+            yield self.target
+        except BaseException:
+            self.release()
+            raise
 
     def __enter__(self) -> RouteTarget:
         return self.target

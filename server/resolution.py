@@ -1,24 +1,23 @@
 """Resolution of a request's `model` (and optional `task`) to what the engine runs.
 
-Every request is resolved by exactly one call, `TargetResolver.resolve`, made by the engine service.
-Today only the served base model resolves; an adapter-set router implements the same protocol.
+Every request is resolved by exactly one call, `TargetResolver.acquire`, made by the engine service.
+The lease it returns holds the resolved adapter-set version in memory until the request ends. The
+served app resolves through the adapter registry (`router.registry.AdapterRegistry`); an engine
+service built without one serves the base model only.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from router.target import BASE_TARGET, RouteTarget
+from router.resident import Lease
+from router.target import BASE_TARGET
 from server.errors import InvalidRequest, ModelNotFound
 
 
 class TargetResolver(Protocol):
-    def resolve(self, model: str, task: str | None) -> RouteTarget:
-        """The target of a request, or a domain error (`ModelNotFound`, ...)."""
-        ...
-
-    def model_ids(self) -> list[str]:
-        """Every name a client may pass as `model`."""
+    def acquire(self, model: str, task: str | None) -> Lease:
+        """The target of a request, held until the lease is released, or a domain error."""
         ...
 
 
@@ -28,14 +27,11 @@ class BaseModelResolver:
     def __init__(self, served_model_name: str) -> None:
         self.served_model_name = served_model_name
 
-    def resolve(self, model: str, task: str | None) -> RouteTarget:
+    def acquire(self, model: str, task: str | None) -> Lease:
         if model != self.served_model_name:
             raise ModelNotFound(model)
         if task is not None:
             raise InvalidRequest(
                 f"The base model `{model}` has no tasks; `task` needs an adapter set.", param="task"
             )
-        return BASE_TARGET
-
-    def model_ids(self) -> list[str]:
-        return [self.served_model_name]
+        return Lease(BASE_TARGET)

@@ -26,6 +26,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from tiny_model import build_tiny_llama  # noqa: E402
 
+# Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`).
+pytest_plugins = ("tests.router.server_setup",)
+
 SERVER_START_TIMEOUT_S = 600
 TINY_MODEL_NAME = "tiny-llama"
 ADMIN_TOKEN = "test-admin-token"
@@ -113,9 +116,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_extra_args() -> list[str]:
+def server_extra_args(adapter_server_args: list[str]) -> list[str]:
     """Extra `orthoserve serve` flags of the shared server; extend this to serve more features."""
-    return []
+    return [*adapter_server_args]
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from router.registry import AdapterRegistry
 from router.resident import ResidentVersion
+from server.deps import RegistryDep
 
 router = APIRouter(prefix="/v1/adapter-sets", tags=["admin"])
 _bearer = HTTPBearer(auto_error=False)
@@ -30,13 +30,6 @@ def verify_admin_token(
             detail="A valid admin token is required (Authorization: Bearer <token>).",
             headers={"WWW-Authenticate": "Bearer"},
         )
-
-
-def get_registry(request: Request) -> AdapterRegistry:
-    return request.app.state.registry
-
-
-RegistryDep = Annotated[AdapterRegistry, Depends(get_registry)]
 
 
 class LoadAdapterSetRequest(BaseModel):

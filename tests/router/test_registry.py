@@ -228,3 +228,19 @@ async def test_load_directory_skips_bad_sets(parts, caplog):
     loaded = await registry.load_directory(directory, "manifest.json")
     assert [entry.name for entry in loaded] == ["mtl", "routed"]
     assert "broken" in caplog.text and "tensor_shape_mismatch" in caplog.text
+
+
+async def test_lease_released_on_error_only(parts):
+    registry, *_ = parts
+    [entry] = [await registry.load("mtl", "mtl")]
+    with pytest.raises(ValueError):
+        with registry.acquire("mtl/boolq").released_on_error():
+            raise ValueError("tokenizer refused the prompt")
+    assert entry.in_flight == 0
+    lease = registry.acquire("mtl/boolq")
+    with lease.released_on_error() as target:
+        assert target.task == "boolq"
+    assert entry.in_flight == 1
+    async with lease:
+        pass
+    assert entry.in_flight == 0

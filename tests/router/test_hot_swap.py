@@ -1,0 +1,140 @@
+"""Hot replace and unload on the real server while requests run; memory really freed after unload."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import psutil
+import pytest
+
+from adapters.moore.config import MooreConfig
+
+PROMPT = "The capital of France is"
+VERSION_HEADER = "x-orthoserve-adapter-set"
+CONCURRENCY = 8
+MIN_REQUESTS = 200
+REPLACEMENTS = 5
+
+
+def complete(base_url: str, model: str, *, max_tokens: int = 8, prompt: str = PROMPT) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+        timeout=120,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_replace_under_continuous_traffic(server, admin, write_set):
+    # Six different random sets; every version published under "swap" is one of them.
+    paths = [write_set(f"swap-{index}", seed=200 + index) for index in range(REPLACEMENTS + 1)]
+    alone: dict[int, str] = {}  # path index → greedy text of that set queried alone
+    source: dict[int, int] = {}  # version → path index
+    for index, path in enumerate(paths):
+        version = admin.load("swap", path, replace=True)["version"]
+        source[version] = index
+        response = complete(server.base_url, "swap/boolq")
+        assert response.headers[VERSION_HEADER] == f"swap@{version}"
+        alone[index] = response.json()["choices"][0]["text"]
+    assert len(set(alone.values())) >= 4, "the random sets must be told apart by their output"
+
+    results: list[tuple[int, str | None, str]] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=server.base_url, timeout=120) as http:
+            while not stop.is_set():
+                response = http.post(
+                    "/v1/completions",
+                    json={"model": "swap/boolq", "prompt": PROMPT, "max_tokens": 8, "temperature": 0},
+                )
+                text = response.json()["choices"][0]["text"] if response.status_code == 200 else response.text
+                with lock:
+                    results.append((response.status_code, response.headers.get(VERSION_HEADER), text))
+
+    workers = [threading.Thread(target=traffic) for _ in range(CONCURRENCY)]
+    for worker in workers:
+        worker.start()
+    try:
+        for round_index in range(REPLACEMENTS):
+            wait_until(lambda: len(results) >= (round_index + 1) * MIN_REQUESTS // (REPLACEMENTS + 1))
+            version = admin.load("swap", paths[round_index], replace=True)["version"]
+            source[version] = round_index
+        wait_until(lambda: len(results) >= MIN_REQUESTS)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+
+    failures = [result for result in results if result[0] != 200]
+    assert not failures, failures[:5]
+    seen_versions = set()
+    for _, header, text in results:
+        name, _, version = header.partition("@")
+        assert name == "swap"
+        seen_versions.add(int(version))
+        assert text == alone[source[int(version)]], f"swap@{version} did not answer like its own set"
+    assert len(seen_versions) >= REPLACEMENTS, f"traffic saw only versions {sorted(seen_versions)}"
+    wait_until(lambda: [item["version"] for item in admin.listing()["data"] if item["name"] == "swap"] == [version])
+
+
+def test_unload_while_requests_run(server, admin, write_set):
+    admin.load("drain", write_set("drain", seed=300))
+    max_tokens = 200
+    prompt = next(
+        candidate
+        for candidate in ("The capital of France is", "The quick brown fox", "json", "Return a list", "path")
+        if complete(server.base_url, "drain/piqa", max_tokens=max_tokens, prompt=candidate).json()["choices"][0][
+            "finish_reason"
+        ]
+        == "length"
+    )
+    responses: list[httpx.Response] = []
+
+    def long_request() -> None:
+        responses.append(complete(server.base_url, "drain/piqa", max_tokens=max_tokens, prompt=prompt))
+
+    workers = [threading.Thread(target=long_request) for _ in range(CONCURRENCY)]
+    for worker in workers:
+        worker.start()
+    wait_until(lambda: any(item["name"] == "drain" and item["in_flight"] > 0 for item in admin.listing()["data"]))
+    draining = admin.unload("drain", wait=False)
+    assert draining["state"] == "draining" and draining["in_flight"] > 0
+    refused = complete(server.base_url, "drain/piqa")
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    for worker in workers:
+        worker.join()
+    assert [response.status_code for response in responses] == [200] * CONCURRENCY
+    assert {response.headers[VERSION_HEADER] for response in responses} == {f"drain@{draining['version']}"}
+    assert all(response.json()["usage"]["completion_tokens"] == max_tokens for response in responses)
+    wait_until(lambda: all(item["name"] != "drain" for item in admin.listing()["data"]))
+
+
+def engine_tree_rss(process: psutil.Process) -> int:
+    return sum(member.memory_info().rss for member in [process, *process.children(recursive=True)])
+
+
+@pytest.mark.slow
+def test_unload_returns_memory(server, admin, write_set):
+    """A large set (wide routers, many tasks: ~300 MB in the engine) is loaded and unloaded; RSS of
+    the server's process tree returns to within 5% of its level before the load."""
+    tasks = tuple(f"t{index}" for index in range(30_000))
+    path = write_set("big", tasks=tasks, seed=400, config=MooreConfig(router_width=4096, task_embedding_width=1))
+    process = psutil.Process(server.process.pid)
+    assert complete(server.base_url, server.model).status_code == 200
+    before = engine_tree_rss(process)
+    info = admin.load("big", path)
+    assert complete(server.base_url, "big/t29999").status_code == 200
+    loaded = engine_tree_rss(process)
+    assert loaded - before > 0.5 * info["bytes"], (before, loaded, info["bytes"])
+    admin.unload("big", wait=True)
+    wait_until(lambda: abs(engine_tree_rss(process) - before) <= 0.05 * before, timeout=30)
