@@ -8,7 +8,9 @@ fields, the model runner's per-step input preparation, and its per-request state
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +19,9 @@ import torch
 import vllm
 from torch import nn
 from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+from vllm.sampling_params import SamplingParams
+from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from router.batch_routing import RequestRoute
 
@@ -36,11 +41,30 @@ class UnsupportedEngineLayout(RuntimeError):
     """The engine's model or vLLM version is not one orthoserve can adapt."""
 
 
-def check_vllm_version() -> None:
+def verify_internals() -> None:
+    """Fail loudly when this vLLM is not the release the hooks below were written against."""
     if vllm.__version__ != PINNED_VLLM_VERSION:
         raise UnsupportedEngineLayout(
             f"orthoserve's engine hooks are pinned to vLLM {PINNED_VLLM_VERSION}, found {vllm.__version__}"
         )
+    expectations = {
+        "GPUModelRunner._prepare_inputs(self, scheduler_output, num_scheduled_tokens)": list(
+            inspect.signature(GPUModelRunner._prepare_inputs).parameters
+        )[:3]
+        == ["self", "scheduler_output", "num_scheduled_tokens"],
+        "GPUModelRunner.execute_model": callable(getattr(GPUModelRunner, "execute_model", None)),
+        "CachedRequestState.sampling_params": "sampling_params" in {f.name for f in dataclasses.fields(CachedRequestState)},
+        "InputBatch.req_ids / num_reqs": all(hasattr(InputBatch, name) for name in ("req_ids", "num_reqs")),
+        "SamplingParams.extra_args": "extra_args" in inspect.signature(SamplingParams).parameters,
+        "LinearBase(skip_bias_add, return_bias)": {"skip_bias_add", "return_bias"}
+        <= set(inspect.signature(LinearBase.__init__).parameters),
+        "QKVParallelLinear / MergedColumnParallelLinear set output_sizes": all(
+            "self.output_sizes" in inspect.getsource(cls.__init__) for cls in (QKVParallelLinear, MergedColumnParallelLinear)
+        ),
+    }
+    moved = [name for name, holds in expectations.items() if not holds]
+    if moved:
+        raise UnsupportedEngineLayout(f"vLLM internals orthoserve hooks into have moved: {', '.join(moved)}")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class OrthoserveWorkerExtension:
 
 
 def _install(worker: object) -> WorkerAdapterState:
-    vllm_internals.check_vllm_version()
+    vllm_internals.verify_internals()
     state = WorkerAdapterState()
     model = vllm_internals.worker_model(worker)
     for linear in list(vllm_internals.adaptable_linears(model)):
