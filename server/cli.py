@@ -73,5 +73,43 @@ def prepare_model(
     typer.echo(ensure_default_model(_settings(cache_dir=cache_dir)))
 
 
+@app.command()
+def bench(
+    model: Annotated[Path | None, typer.Option(help="Base model folder (default: SmolLM2-135M-Instruct).")] = None,
+    num_requests: Annotated[int, typer.Option(help="Requests per batch.")] = 64,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 32,
+    output_len: Annotated[int, typer.Option(help="Generated tokens per request.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Timed runs per scenario (the best counts).")] = 2,
+    num_lora: Annotated[int, typer.Option(help="Distinct LoRA adapters in the LoRA scenarios.")] = 4,
+    lora_rank: Annotated[int, typer.Option(help="Rank of those adapters.")] = 8,
+    dtype: Annotated[str, typer.Option(help="Engine dtype.")] = "auto",
+    work_dir: Annotated[Path, typer.Option(help="Where the benchmark's adapter sets are written.")] = Path("bench-results/work"),
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/bench.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Throughput of base, MoORE, BADIT, LoRA and mixed batches in one engine, and of vLLM's stock LoRA path."""
+    from server.bench import BenchConfig, render_table, run_bench, write_json
+    from server.default_model import ensure_default_model
+
+    settings = _settings(cache_dir=cache_dir)
+    config = BenchConfig(
+        model_dir=(model or ensure_default_model(settings)).resolve(),
+        work_dir=work_dir.resolve(),
+        svd_cache_dir=settings.svd_cache_dir,
+        num_requests=num_requests,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        repeats=repeats,
+        num_lora=num_lora,
+        lora_rank=lora_rank,
+        dtype=dtype,
+    )
+    report = run_bench(config, log=typer.echo)
+    typer.echo(render_table(report))
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(report, config, json_out)
+    typer.echo(f"wrote {json_out}")
+
+
 if __name__ == "__main__":
     app()

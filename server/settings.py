@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
 
+    @property
+    def svd_cache_dir(self) -> Path:
+        """Thin SVD factors of base models, shared by every MoORE and BADIT set on a base."""
+        return self.cache_dir / "svd"
+
 
 def export_environment(values: dict[str, str]) -> None:
     """Set variables for child processes (the engine's); the one writer of the process environment."""
