@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from router.resident import Lease
 from router.target import RouteTarget
 from server.engine import vllm_compat as vc
+from server.engine.adapter_backend import adapter_engine_options, model_context_length, request_routing
 from server.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
@@ -108,6 +109,7 @@ class EngineService:
             enforce_eager=vc.is_cpu_platform(),
             # Stats on: vLLM then stamps each request's queue/prefill/decode times (request metrics).
             disable_log_stats=False,
+            **adapter_engine_options(settings.max_model_len or model_context_length(self.model_dir)),
         )
 
     async def start(self) -> None:
@@ -239,13 +241,18 @@ class EngineService:
                 frequency_penalty=request.frequency_penalty,
                 logprobs=logprobs,
                 output_kind=vc.RequestOutputKind.DELTA,
+                extra_args=request_routing(target)[0],
             )
         except vc.VLLMClientError as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
 
     def engine_prompt(self, prompt: list[int], target: RouteTarget) -> vc.TokensPrompt:
-        """The engine input of one prompt for `target` (per-target cache isolation goes here)."""
-        return vc.TokensPrompt(prompt_token_ids=prompt)
+        """The engine input of one prompt for `target`, with a prefix-cache salt isolating its adapter."""
+        prompt_input = vc.TokensPrompt(prompt_token_ids=prompt)
+        cache_salt = request_routing(target)[1]
+        if cache_salt is not None:
+            prompt_input["cache_salt"] = cache_salt
+        return prompt_input
 
     # --- generation ------------------------------------------------------------------------------
 
