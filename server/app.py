@@ -56,7 +56,7 @@ async def _start_registry(settings: Settings, engine: EngineService, observer: R
     base = await asyncio.to_thread(describe_base_model, engine.model_dir)
     registry = AdapterRegistry(
         AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir),
-        AdapterSetValidator(base),
+        AdapterSetValidator(base, engine.engine.model_config.dtype),
         engine.served_model_name,
         roots=AdapterRoots(settings.adapter_roots),
         memory_budget=settings.adapter_memory_budget,

@@ -13,6 +13,7 @@ import numpy as np
 
 from adapters.batched.convert import FACTORED_KINDS, load_serving_factors, load_serving_slot
 from router.batch_routing import RequestRoute, build_batch_routing
+from router.heap import release_freed_memory
 from server.engine import vllm_internals
 from server.engine.adapted_linear import AdaptedLinear, Projection, WorkerAdapterState
 
@@ -40,6 +41,8 @@ class OrthoserveWorkerExtension:
         needed = {key for s in state.slots.values() if s.kind in FACTORED_KINDS for key in s.projections}
         for key in [key for key in state.factors if key not in needed]:
             freed += state.factors.pop(key).nbytes
+        del resident
+        release_freed_memory()
         return freed
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:

@@ -79,7 +79,9 @@ def test_existing_name_and_concurrent_loads_conflict(admin, write_set):
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [201, 409, 409, 409], [response.text for response in responses]
     admin.loaded.add("raced")
-    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"adapter_set_busy"}
+    # A loser that arrives while the winner loads is "busy"; one that arrives after it is "exists".
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} <= {"adapter_set_busy", "adapter_set_exists"}
+    assert [item["version"] for item in admin.listing()["data"] if item["name"] == "raced"] == [1]
 
 
 @pytest.mark.parametrize("body", [{"name": "x"}, {"name": "x", "path": "p", "extra": 1}, {"name": "a/b", "path": "p"}])
@@ -122,22 +124,3 @@ def test_paths_outside_the_roots_are_forbidden(admin, write_set, adapter_root, t
     for path in (outside, adapter_root / "escape-link", leaky, f"{adapter_root}/../{outside.parent.name}/outside-set"):
         response = admin.http.post("/v1/adapter-sets", json={"name": "escaper", "path": str(path)})
         assert_error(response, 403, "path_not_allowed")
-
-
-def test_memory_budget_refusal_names_the_numbers(admin, write_set):
-    # MoORE with a wide router (E = 4096): about 60 MB on the tiny model; ten of them overflow the budget.
-    from adapters.moore.config import MooreConfig
-
-    path = write_set("admin-wide", seed=15, config=MooreConfig(router_width=4096))
-    loaded = 0
-    for index in range(64):
-        response = admin.http.post("/v1/adapter-sets", json={"name": f"wide-{index}", "path": str(path)})
-        if response.status_code != 201:
-            break
-        admin.loaded.add(f"wide-{index}")
-        loaded += 1
-    error = assert_error(response, 507, "adapter_memory_budget_exceeded")
-    assert loaded >= 1
-    listing = admin.listing()
-    assert str(ADAPTER_MEMORY_BUDGET) in error["message"] and str(listing["used_bytes"]) in error["message"]
-    assert listing["used_bytes"] <= ADAPTER_MEMORY_BUDGET
