@@ -124,3 +124,19 @@ def test_paths_outside_the_roots_are_forbidden(admin, write_set, adapter_root, t
     for path in (outside, adapter_root / "escape-link", leaky, f"{adapter_root}/../{outside.parent.name}/outside-set"):
         response = admin.http.post("/v1/adapter-sets", json={"name": "escaper", "path": str(path)})
         assert_error(response, 403, "path_not_allowed")
+
+
+def test_admin_api_does_not_exist_without_a_token(tiny_model_dir):
+    """No configured token: the admin routes are not mounted at all (404), never open."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.engine.service import EngineService
+    from server.settings import Settings
+
+    settings = Settings(model=tiny_model_dir, admin_token=None)
+    app = create_app(settings, EngineService(settings, tiny_model_dir))
+    client = TestClient(app)  # not entered: the lifespan (engine start) does not run
+    assert client.get("/v1/adapter-sets").status_code == 404
+    assert client.post("/v1/adapter-sets", json={"name": "x", "path": "y"}).status_code in (404, 405)
+    assert client.delete("/v1/adapter-sets/x").status_code == 404
