@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,7 @@ def serve(
 ) -> None:
     """Serve a model behind the OpenAI-compatible API."""
     settings = _settings(**locals())
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     import uvicorn
 

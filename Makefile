@@ -1,0 +1,25 @@
+# orthoserve: `make serve` to run the server on the default model, `make test` to run the test suite.
+VENV ?= $(CURDIR)/.venv
+export VENV
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-dev serve prepare-model test
+
+setup:
+	scripts/install.sh cpu
+
+setup-dev:
+	scripts/install.sh cpu --dev --with-prometheus
+
+serve: setup
+	$(VENV)/bin/orthoserve serve $(SERVE_ARGS)
+
+prepare-model: setup
+	$(VENV)/bin/orthoserve prepare-model
+
+# pytest exits 5 when it collects no tests: that is a failure too, like any other non-zero code.
+test: setup-dev
+	@status=0; $(VENV)/bin/python -m pytest tests/ $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$status

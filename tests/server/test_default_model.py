@@ -1,0 +1,72 @@
+"""The default model: SmolLM2-135M-Instruct converted from its PyPI GGUF, served for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+
+from server_process import REPO_ROOT, start_server
+from server.default_model import MODEL_NAME, default_model_dir, ensure_default_model, is_converted
+from server.settings import Settings
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_is_converted_needs_config_and_weights(tmp_path):
+    assert not is_converted(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    assert not is_converted(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert is_converted(tmp_path)
+
+
+def test_cache_dir_setting_moves_the_model_folder(tmp_path):
+    settings = Settings(cache_dir=tmp_path)
+    assert default_model_dir(settings) == tmp_path / "models" / MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    """Convert once through the CLI (into the user's cache, where `make serve` looks too)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "prepare-model"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-5000:]
+    model_dir = default_model_dir(Settings())
+    assert done.stdout.strip().splitlines()[-1] == str(model_dir)
+    return model_dir
+
+
+@pytest.mark.slow
+def test_prepared_folder_is_a_plain_llama_and_is_reused(smollm2_dir):
+    import json
+
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert "quantization_config" not in config
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    weights = smollm2_dir / "model.safetensors"
+    before = os.stat(weights).st_mtime_ns
+    assert ensure_default_model(Settings()) == smollm2_dir
+    assert os.stat(weights).st_mtime_ns == before
+    leftovers = [path.name for path in smollm2_dir.parent.iterdir() if path.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_smollm2_answers_paris(smollm2_dir, tmp_path):
+    with start_server(smollm2_dir, MODEL_NAME, tmp_path / "smollm2.log") as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+        answer = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0)
+        assert "Paris" in answer.choices[0].message.content
+        stream = client.chat.completions.create(
+            model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0, stream=True
+        )
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert "Paris" in streamed
+        assert streamed == answer.choices[0].message.content

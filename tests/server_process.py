@@ -1,0 +1,101 @@
+"""Starting and stopping a real orthoserve server in a subprocess, for tests.
+
+Import from here (`from server_process import start_server, RunningServer`), not from conftest:
+several test folders have a conftest.py, so `import conftest` is ambiguous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT_S = 600
+TINY_MODEL_NAME = "tiny-llama"
+ADMIN_TOKEN = "test-admin-token"
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str
+    model: str
+    admin_token: str
+    log_path: Path
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(model_dir: Path, served_name: str, port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "server.cli", "serve",
+        "--model", str(model_dir),
+        "--served-model-name", served_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--kv-cache-gib", "0.25",
+        "--max-model-len", "512",
+        "--cpu-threads", "1",
+        "--admin-token", ADMIN_TOKEN,
+        *extra,
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def start_server(
+    model_dir: Path, served_name: str, log_path: Path, extra_args: list[str] | None = None
+) -> Iterator[RunningServer]:
+    """Start a server, wait until /health answers, and stop it (engine processes included) on exit."""
+    port = free_port()
+    command = server_command(model_dir, served_name, port, *(extra_args or []))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = RunningServer(f"http://127.0.0.1:{port}", served_name, ADMIN_TOKEN, log_path, process)
+    try:
+        _wait_until_healthy(server)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _wait_until_healthy(server: RunningServer) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            break
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.base_url}/health", timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    log = server.log_path.read_text(errors="replace")
+    pytest.fail(f"server did not become healthy (exit code {server.process.poll()}); log:\n{log[-20000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+    # The engine core and worker share the server's session: make sure none outlives it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, 9)
