@@ -20,6 +20,7 @@ from router.errors import (
     AdapterSetExists,
     AdapterSetNotFound,
     MemoryBudgetExceeded,
+    RouterError,
     TaskTagInvalid,
 )
 from router.paths import AdapterRoots
@@ -97,8 +98,13 @@ class AdapterRegistry:
 
     async def load(self, name: str, path: str, *, replace: bool = False) -> ResidentVersion:
         """Load a set from a path given by a client (checked against the adapter roots)."""
-        check_set_name(name, self.base_model_name)
-        return await self.load_trusted(name, self.roots.resolve(path), replace=replace)
+        try:
+            check_set_name(name, self.base_model_name)
+            set_dir = self.roots.resolve(path)
+        except RouterError as error:
+            self._notify_failed(None, error)
+            raise
+        return await self.load_trusted(name, set_dir, replace=replace)
 
     async def load_trusted(self, name: str, set_dir: Path, *, replace: bool = False) -> ResidentVersion:
         """Load a set from a directory the operator configured; publish it under `name`.
