@@ -128,11 +128,12 @@ def streamed_chat(client: openai.OpenAI, task: ServedTask, max_tokens: int = 8) 
 def cancel_a_stream(server: RunningServer, task: ServedTask) -> None:
     """Start a long chat stream, read its first event, and hang up.
 
-    Greedy, so that the tiny model runs all 400 tokens (about a second here) instead of sampling an
-    early end of sequence, which would finish the request before the server sees the hang-up.
+    Eight sampled choices of up to 400 tokens: the request runs until its longest choice ends, so an
+    early end-of-sequence in one choice (or all of them, as greedy decoding may do) cannot end it
+    before the server sees the hang-up.
     """
     body = {
-        "model": task.model, "messages": MESSAGES, "max_tokens": 400, "temperature": 0, "stream": True,
+        "model": task.model, "messages": MESSAGES, "max_tokens": 400, "n": 8, "temperature": 1.0, "stream": True,
         **(task.extra_body or {}),
     }  # fmt: skip
     url = f"{server.base_url}/v1/chat/completions"
@@ -199,7 +200,7 @@ def test_mixed_traffic_counts_every_outcome_and_passes_promtool(client, server, 
     assert malformed.status_code == 400
     after, hang_ups = scrape(server), 0
     while after.delta(before, "orthoserve_requests_total", outcome="cancelled", **task.labels) == 0:
-        # A hang-up races the stream's end: on a loaded machine the server can flush all 400 tokens
+        # A hang-up races the stream's end: on a loaded machine the server can flush the whole stream
         # before it reads the disconnect. That request then counts as ok, and we hang up again.
         assert hang_ups < MAX_HANG_UPS, "no hung-up stream was counted as cancelled"
         cancel_a_stream(server, task)
