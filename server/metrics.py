@@ -41,7 +41,7 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Literal, Protocol
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -57,7 +57,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-Outcome = Literal["ok", "client_error", "server_error", "cancelled"]
+from router.target import RouteTarget
+from server.lifecycle import RequestRecord
 
 DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0,
@@ -70,13 +71,6 @@ OTHER_TASK_LABEL = "_other"
 _RESERVED_PAIRS = ((BASE_LABEL, BASE_LABEL), (UNKNOWN_LABEL, UNKNOWN_LABEL))
 
 
-class LabelledTarget(Protocol):
-    """What a request resolved to (`router.target.RouteTarget`), as far as metrics care."""
-
-    @property
-    def metric_labels(self) -> tuple[str, str]: ...
-
-
 class EngineRequestStats(Protocol):
     """vLLM's per-request stats (`RequestOutput.metrics`); all four are engine-core monotonic times."""
 
@@ -84,24 +78,6 @@ class EngineRequestStats(Protocol):
     scheduled_ts: float
     first_token_ts: float
     last_token_ts: float
-
-
-class ObservedRequest(Protocol):
-    """One API request as the engine service reports it (`server.lifecycle.RequestRecord`).
-
-    Times are the server's `time.monotonic()`; `output_times` holds (arrival, new tokens) of each
-    engine output that carried tokens; `engine_stats` one vLLM stats object per engine request.
-    """
-
-    target: LabelledTarget | None
-    arrival_time: float
-    first_token_time: float | None
-    finish_time: float | None
-    output_times: list[tuple[float, int]]
-    prompt_tokens: int
-    generated_tokens: int
-    outcome: Outcome | None
-    engine_stats: list[EngineRequestStats]
 
 
 def parse_buckets(text: str) -> tuple[float, ...]:
@@ -220,26 +196,22 @@ class ServingMetrics:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def label_values(self, target: LabelledTarget | None) -> tuple[str, str]:
+    def label_values(self, target: RouteTarget | None) -> tuple[str, str]:
         """(set, task) label values for a target after folding; None means it never resolved."""
         if target is None:
             return UNKNOWN_LABEL, UNKNOWN_LABEL
         return self.labels.resolve(*target.metric_labels)
 
-    def request_rejected(self, target: LabelledTarget | None, outcome: Outcome = "client_error") -> None:
-        """Count a request refused before the engine service saw it (e.g. a malformed body)."""
-        self.requests.labels(*self.label_values(target), outcome).inc()
-
     # `server.lifecycle.RequestObserver`: the engine service reports every request through these.
 
-    def on_arrival(self, request: ObservedRequest) -> None:
+    def on_arrival(self, request: RequestRecord) -> None:
         self.waiting.inc()
 
-    def on_first_token(self, request: ObservedRequest) -> None:
+    def on_first_token(self, request: RequestRecord) -> None:
         self.waiting.dec()
         self.running.inc()
 
-    def on_finish(self, request: ObservedRequest) -> None:
+    def on_finish(self, request: RequestRecord) -> None:
         (self.running if request.first_token_time is not None else self.waiting).dec()
         labels = self.label_values(request.target)
         self.requests.labels(*labels, request.outcome).inc()
@@ -249,7 +221,7 @@ class ServingMetrics:
             self._observe_server_times(labels, request)
             self._observe_engine_times(labels, request.engine_stats)
 
-    def _observe_server_times(self, labels: tuple[str, str], request: ObservedRequest) -> None:
+    def _observe_server_times(self, labels: tuple[str, str], request: RequestRecord) -> None:
         if request.finish_time is not None:
             self.e2e_latency.labels(*labels).observe(request.finish_time - request.arrival_time)
         if request.first_token_time is not None:

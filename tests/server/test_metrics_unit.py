@@ -258,11 +258,9 @@ def test_a_request_that_ends_before_its_first_token_leaves_the_waiting_gauge() -
     assert (sample(metrics, "orthoserve_requests_waiting"), sample(metrics, "orthoserve_requests_running")) == (0, 0)
 
 
-def test_rejected_requests_without_a_target_are_unknown() -> None:
+def test_a_client_error_after_resolution_keeps_the_target_labels() -> None:
     metrics = ServingMetrics()
-    metrics.request_rejected(None)
-    metrics.request_rejected(task_target("s", "t"), "client_error")
-    assert sample(metrics, "orthoserve_requests_total", set="_unknown", task="_unknown", outcome="client_error") == 1
+    run_through(metrics, request(task_target("s", "t"), "client_error", outputs=()))
     assert sample(metrics, "orthoserve_requests_total", set="s", task="t", outcome="client_error") == 1
 
 
@@ -308,7 +306,7 @@ def populated_metrics() -> ServingMetrics:
     metrics = ServingMetrics(engine_registry=engine_registry)
     stats = (engine_stats(1.0, 2.0, 3.0, 4.0),)
     run_through(metrics, request(task_target("s", "t"), "ok", outputs=((100.5, 1), (100.6, 1)), engine_stats=stats))
-    metrics.request_rejected(None)
+    run_through(metrics, request(None, "client_error", outputs=()))
     metrics.set_loaded("s", "lora", 1, 100, 0.1)
     metrics.set_load_failed("lora", "adapter_invalid")
     return metrics
@@ -342,6 +340,6 @@ def test_engine_exposition_holds_only_the_engine_prefixed_families() -> None:
 
 def test_two_instances_do_not_collide() -> None:
     first, second = ServingMetrics(), ServingMetrics()
-    first.request_rejected(None)
+    run_through(first, request(None, "client_error", outputs=()))
     assert sample(first, "orthoserve_requests_total", set="_unknown", task="_unknown", outcome="client_error") == 1
     assert sample(second, "orthoserve_requests_total", set="_unknown", task="_unknown", outcome="client_error") == 0
