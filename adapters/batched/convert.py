@@ -17,9 +17,11 @@ from adapters.batched.weights import (
     BaditProjection,
     LoraProjection,
     MooreProjection,
+    ProductFactory,
     ProjectionWeights,
     ResidentSlot,
     ServingFactors,
+    torch_product,
 )
 from adapters.format import AdapterSet, load_adapter_set
 from adapters.lora.loader import LoraModule
@@ -27,7 +29,8 @@ from adapters.moore.loader import MooreModule
 from adapters.moore.math import rotation_correction
 from adapters.svd_cache import BaseFactors
 
-FACTORED_KINDS = ("moore", "badit")
+NEEDS_SVD_CACHE = ("moore", "badit")
+SHARES_BASE_FACTORS = ("moore",)  # BADIT copies its small top-k slice into the set instead
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -45,7 +48,11 @@ def serving_projection(module: object, factors: BaseFactors, layer: int, proj: s
             C=_cast(module.task_vectors(), dtype),
         )
     if isinstance(module, BaditModule):
+        top = factors.get(layer, proj).top(module.num_experts * module.expert_rank)
         return BaditProjection(
+            V_k=_cast(top.V, dtype),
+            S_k=_cast(top.S, dtype),
+            U_k_t=_cast(top.U.T, dtype),
             A_t=_cast(module.A.T, dtype),
             B_t=_cast(module.B.to(torch.float32).T * module.scale, dtype),
             G_t=None if module.G is None else _cast(module.G.T, dtype),
@@ -59,7 +66,7 @@ def serving_projection(module: object, factors: BaseFactors, layer: int, proj: s
 
 def serving_slot(adapter_set: AdapterSet, factors_dir: Path | None, dtype: torch.dtype) -> ResidentSlot:
     factors = BaseFactors(factors_dir) if factors_dir is not None else None
-    if adapter_set.kind in FACTORED_KINDS and factors is None:
+    if adapter_set.kind in NEEDS_SVD_CACHE and factors is None:
         raise ValueError(f"a {adapter_set.kind} set needs the base factors")
     projections = {
         (layer, proj): serving_projection(module, factors, layer, proj, dtype)
@@ -74,12 +81,15 @@ def load_serving_slot(set_dir: Path, dtype: torch.dtype, factors_dir: Path | Non
 
 
 def load_serving_factors(
-    factors_dir: Path, keys: Iterable[tuple[int, str]], dtype: torch.dtype
+    factors_dir: Path,
+    keys: Iterable[tuple[int, str]],
+    dtype: torch.dtype,
+    product: ProductFactory = torch_product,
 ) -> dict[tuple[int, str], ServingFactors]:
-    """The base factors of the given (layer, projection) pairs, in serving layout and dtype."""
+    """The base factors of the given (layer, projection) pairs, in the serving dtype, as shared products."""
     factors = BaseFactors(factors_dir)
     serving = {}
     for layer, proj in keys:
         f = factors.get(layer, proj)
-        serving[(layer, proj)] = ServingFactors(U_t=_cast(f.U.T, dtype), S=_cast(f.S, dtype), V=_cast(f.V, dtype))
+        serving[(layer, proj)] = ServingFactors.build(_cast(f.U, dtype), _cast(f.S, dtype), _cast(f.V, dtype), product)
     return serving

@@ -40,7 +40,7 @@ class LoraGroup:
 
 def moore_output(x: torch.Tensor, factors: ServingFactors, groups: Sequence[MooreGroup]) -> torch.Tensor:
     """MoORE's whole output `y = ((x M V) ⊙ ReLU(S + c_t + G_up G x)) Uᵀ` for rows of several sets."""
-    z = x @ factors.V  # (n, d), shared by every set
+    z = factors.project_in(x)  # (n, d), shared by every set
     gate = factors.S.expand_as(z).clone()  # (n, d)
     for group in groups:
         xs = x.index_select(0, group.rows)  # (n_s, in)
@@ -48,7 +48,7 @@ def moore_output(x: torch.Tensor, factors: ServingFactors, groups: Sequence[Moor
         z.index_add_(0, group.rows, (xs @ w.Y_hat) @ w.P, alpha=-1.0)  # rank-h rotation
         router = (xs @ w.G_t) @ w.G_up_t  # (n_s, d)
         gate.index_add_(0, group.rows, router + w.C.index_select(0, group.task_index))
-    return (z * torch.relu(gate)) @ factors.U_t  # (n, out)
+    return factors.project_out(z * torch.relu(gate))  # (n, out)
 
 
 def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -69,15 +69,12 @@ def badit_ability_weights(x: torch.Tensor, group: BaditGroup) -> torch.Tensor:
     return experts.repeat_interleave(w.rank_per_expert, dim=-1)  # (n_s, K·r)
 
 
-def badit_delta(
-    x: torch.Tensor, factors: ServingFactors, groups: Sequence[BaditGroup], out: torch.Tensor
-) -> None:
+def badit_delta(x: torch.Tensor, groups: Sequence[BaditGroup], out: torch.Tensor) -> None:
     """Add BADIT's change to the base output in place: `out += −U_k S_k V_kᵀ x + (ω ⊙ x Aᵀ) Bᵀ`."""
     for group in groups:
         w = group.weights
-        k = w.A_t.shape[1]
         xs = x.index_select(0, group.rows)  # (n_s, in)
-        top_k = ((xs @ factors.V[:, :k]) * factors.S[:k]) @ factors.U_t[:k]  # (n_s, out)
+        top_k = ((xs @ w.V_k) * w.S_k) @ w.U_k_t  # (n_s, out)
         experts = ((xs @ w.A_t) * badit_ability_weights(xs, group)) @ w.B_t  # (n_s, out)
         out.index_add_(0, group.rows, experts - top_k)
 

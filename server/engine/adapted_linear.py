@@ -118,7 +118,7 @@ class AdaptedLinear(nn.Module):
         if moore:
             self._apply_moore(x, columns, projection, factors, moore)
         if badit:
-            badit_delta(x, factors, badit, columns)
+            badit_delta(x, badit, columns)
         if lora:
             lora_delta(x, lora, columns)
 

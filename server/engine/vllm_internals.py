@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import vllm
 from torch import nn
+from vllm import _custom_ops
 from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
 from vllm.sampling_params import SamplingParams
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
@@ -95,6 +96,15 @@ def adaptable_linears(model: nn.Module) -> Iterator[AdaptableLinear]:
                 sizes = (module.output_size,)
             parent = model.get_submodule(".".join(parts[:-1]))
             yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, sizes)))
+
+
+def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`x ↦ x @ matrix` through the GEMM vLLM uses for its own CPU linears (oneDNN, weights prepacked),
+    which is much faster than torch.matmul at decode-sized batches; torch.matmul elsewhere."""
+    if matrix.device.type != "cpu" or not _custom_ops._supports_onednn:
+        return functools.partial(torch.matmul, other=matrix)
+    handler = _custom_ops.create_onednn_mm(matrix, 32)
+    return functools.partial(_custom_ops.onednn_mm, handler, bias=None)
 
 
 def base_forward(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

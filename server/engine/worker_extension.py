@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from adapters.batched.convert import FACTORED_KINDS, load_serving_factors, load_serving_slot
+from adapters.batched.convert import SHARES_BASE_FACTORS, load_serving_factors, load_serving_slot
 from router.batch_routing import RequestRoute, build_batch_routing
 from router.heap import release_freed_memory
 from server.engine import vllm_internals
@@ -27,9 +27,9 @@ class OrthoserveWorkerExtension:
         dtype = vllm_internals.worker_model_dtype(self)
         factors_path = pathlib.Path(factors_dir) if factors_dir else None
         resident = load_serving_slot(pathlib.Path(set_dir), dtype, factors_path)
-        if resident.kind in FACTORED_KINDS:
+        if resident.kind in SHARES_BASE_FACTORS:
             missing = [key for key in resident.projections if key not in state.factors]
-            state.factors.update(load_serving_factors(factors_path, missing, dtype))
+            state.factors.update(load_serving_factors(factors_path, missing, dtype, vllm_internals.dense_product))
         state.slots[slot] = resident
         return resident.nbytes
 
@@ -38,7 +38,7 @@ class OrthoserveWorkerExtension:
         state = self._orthoserve_state()
         resident = state.slots.pop(slot, None)
         freed = resident.nbytes if resident else 0
-        needed = {key for s in state.slots.values() if s.kind in FACTORED_KINDS for key in s.projections}
+        needed = {key for s in state.slots.values() if s.kind in SHARES_BASE_FACTORS for key in s.projections}
         for key in [key for key in state.factors if key not in needed]:
             freed += state.factors.pop(key).nbytes
         del resident
