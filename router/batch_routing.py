@@ -47,6 +47,7 @@ class SlotRows:
     task_index: torch.Tensor  # (n,) int64 task of each row
     segment: torch.Tensor  # (n,) int64 request segment of each row, 0..num_segments-1
     num_segments: int
+    is_prefix: bool  # rows are exactly 0..n-1: layers can use the batch without gathering
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def build_batch_routing(
                 task_index=torch.from_numpy(tasks),
                 segment=torch.from_numpy(segment_ids),
                 num_segments=len(segments),
+                is_prefix=bool(rows[0] == 0 and rows[-1] == len(rows) - 1),
             )
         )
     return BatchRouting(num_tokens=int(counts.sum()), slots=tuple(slots))

@@ -67,6 +67,7 @@ class BenchRatio:
 class BenchReport:
     rows: list[BenchRow]
     ratios: list[BenchRatio]
+    resident_bytes: dict[str, int]  # engine bytes per loaded set, and of the shared base factors
 
 
 @dataclass(frozen=True)
@@ -195,8 +196,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
     log("orthoserve engine")
     engine = OfflineEngine(config.model_dir, config.svd_cache_dir, dtype=config.dtype)
     slots = {"moore": 1, "badit": 2} | {f"lora-{i}": 3 + i for i in range(config.num_lora)}
-    for path, slot in zip([sets.moore, sets.badit, *sets.loras], slots.values()):
-        engine.load(slot, path)
+    resident = {name: engine.load(slot, path) for (name, slot), path in zip(slots.items(), [sets.moore, sets.badit, *sets.loras])}
+    resident["shared base factors (MoORE)"] = engine.resident_bytes()["base_factors"]
     ours = runner.best_times(engine, _scenarios(config, slots))
     engine.shutdown()
     del engine
@@ -229,7 +230,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
         BenchRatio("lora: orthoserve / vLLM stock", theirs[STOCK_LORA] / ours[LORA], 1.5),
         BenchRatio("vLLM stock lora / its base", theirs[BASE] / theirs[STOCK_LORA], 0.0),
     ]
-    return BenchReport(rows, ratios)
+    return BenchReport(rows, ratios, resident)
 
 
 def render_table(report: BenchReport) -> str:
@@ -240,6 +241,8 @@ def render_table(report: BenchReport) -> str:
         verdict = "" if ratio.target == 0 else ("met" if ratio.met else "MISSED")
         target = "" if ratio.target == 0 else f"{ratio.target:.2f}"
         lines.append(f"{ratio.name:44} {ratio.value:7.3f} {target:>7}  {verdict}")
+    lines += ["", f"{'resident in the engine':44} {'MiB':>7}", "-" * 63]
+    lines += [f"{name:44} {size / 2**20:7.1f}" for name, size in report.resident_bytes.items()]
     return "\n".join(lines)
 
 
@@ -249,5 +252,6 @@ def write_json(report: BenchReport, config: BenchConfig, path: Path) -> None:
         "config": settings,
         "rows": [asdict(r) for r in report.rows],
         "ratios": [asdict(r) | {"met": r.met} for r in report.ratios],
+        "resident_bytes": report.resident_bytes,
     }
     path.write_text(json.dumps(payload, indent=2))

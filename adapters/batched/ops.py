@@ -19,23 +19,27 @@ from adapters.batched.weights import BaditProjection, ServingFactors, LoraProjec
 @dataclass(frozen=True)
 class MooreGroup:
     weights: MooreProjection
-    rows: torch.Tensor  # (n_s,) local rows
+    rows: torch.Tensor | None  # (n_s,) local rows into x, or None for every row
     task_index: torch.Tensor  # (n_s,)
 
 
 @dataclass(frozen=True)
 class BaditGroup:
     weights: BaditProjection
-    rows: torch.Tensor  # (n_s,) local rows
     task_index: torch.Tensor  # (n_s,)
     segment: torch.Tensor  # (n_s,) request segment of each row
     num_segments: int
 
 
-@dataclass(frozen=True)
-class LoraGroup:
-    weights: LoraProjection
-    rows: torch.Tensor  # (n_s,) local rows
+def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return x if rows is None else x.index_select(0, rows)
+
+
+def _add(target: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+    if rows is None:
+        target.add_(value)
+    else:
+        target.index_add_(0, rows, value)
 
 
 def moore_output(x: torch.Tensor, factors: ServingFactors, groups: Sequence[MooreGroup]) -> torch.Tensor:
@@ -43,11 +47,11 @@ def moore_output(x: torch.Tensor, factors: ServingFactors, groups: Sequence[Moor
     z = factors.project_in(x)  # (n, d), shared by every set
     gate = factors.S.expand_as(z).clone()  # (n, d)
     for group in groups:
-        xs = x.index_select(0, group.rows)  # (n_s, in)
+        xs = _take(x, group.rows)  # (n_s, in)
         w = group.weights
-        z.index_add_(0, group.rows, (xs @ w.Y_hat) @ w.P, alpha=-1.0)  # rank-h rotation
+        _add(z, group.rows, -((xs @ w.Y_hat) @ w.P))  # rank-h rotation
         router = (xs @ w.G_t) @ w.G_up_t  # (n_s, d)
-        gate.index_add_(0, group.rows, router + w.C.index_select(0, group.task_index))
+        _add(gate, group.rows, router + w.C.index_select(0, group.task_index))
     return factors.project_out(z * torch.relu(gate))  # (n, out)
 
 
@@ -58,29 +62,25 @@ def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> t
     return sums / counts
 
 
-def badit_ability_weights(x: torch.Tensor, group: BaditGroup) -> torch.Tensor:
+def badit_ability_weights(xs: torch.Tensor, group: BaditGroup) -> torch.Tensor:
     """Per-row expert weights ω (n_s, K·r): softmax gate on the segment mean, or the task's fixed mixture."""
     w = group.weights
     if w.task_mixture is not None:
         experts = w.task_mixture.index_select(0, group.task_index)  # (n_s, K)
     else:
-        mean = segment_mean(x, group.segment, group.num_segments)  # (segments, in)
+        mean = segment_mean(xs, group.segment, group.num_segments)  # (segments, in)
         experts = torch.softmax(mean @ w.G_t, dim=-1).index_select(0, group.segment)  # (n_s, K)
     return experts.repeat_interleave(w.rank_per_expert, dim=-1)  # (n_s, K·r)
 
 
-def badit_delta(x: torch.Tensor, groups: Sequence[BaditGroup], out: torch.Tensor) -> None:
-    """Add BADIT's change to the base output in place: `out += −U_k S_k V_kᵀ x + (ω ⊙ x Aᵀ) Bᵀ`."""
-    for group in groups:
-        w = group.weights
-        xs = x.index_select(0, group.rows)  # (n_s, in)
-        top_k = ((xs @ w.V_k) * w.S_k) @ w.U_k_t  # (n_s, out)
-        experts = ((xs @ w.A_t) * badit_ability_weights(xs, group)) @ w.B_t  # (n_s, out)
-        out.index_add_(0, group.rows, experts - top_k)
+def badit_delta(xs: torch.Tensor, group: BaditGroup) -> torch.Tensor:
+    """BADIT's change to the base output of its rows `xs`: `−U_k S_k V_kᵀ x + (ω ⊙ x Aᵀ) Bᵀ` (n_s, out)."""
+    w = group.weights
+    top_k = ((xs @ w.V_k) * w.S_k) @ w.U_k_t  # (n_s, out)
+    experts = ((xs @ w.A_t) * badit_ability_weights(xs, group)) @ w.B_t  # (n_s, out)
+    return experts - top_k
 
 
-def lora_delta(x: torch.Tensor, groups: Sequence[LoraGroup], out: torch.Tensor) -> None:
-    """Add LoRA's change in place: `out += (x Aᵀ) Bᵀ` (scaling folded into B)."""
-    for group in groups:
-        xs = x.index_select(0, group.rows)
-        out.index_add_(0, group.rows, (xs @ group.weights.A_t) @ group.weights.B_t)
+def lora_delta(xs: torch.Tensor, weights: LoraProjection) -> torch.Tensor:
+    """LoRA's change to the base output of its rows `xs`: `(x Aᵀ) Bᵀ`, scaling folded into B (n_s, out)."""
+    return (xs @ weights.A_t) @ weights.B_t

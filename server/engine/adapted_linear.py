@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adapters.batched.ops import BaditGroup, LoraGroup, MooreGroup, badit_delta, lora_delta, moore_output
+from adapters.batched.ops import BaditGroup, MooreGroup, badit_delta, lora_delta, moore_output
 from adapters.batched.weights import (
     BaditProjection,
     ServingFactors,
@@ -102,25 +102,38 @@ class AdaptedLinear(nn.Module):
     ) -> None:
         columns = y.narrow(1, projection.start, projection.size)  # view into y
         moore: list[tuple[SlotRows, MooreProjection]] = []
-        badit: list[BaditGroup] = []
-        lora: list[LoraGroup] = []
+        deltas: list[tuple[SlotRows, torch.Tensor]] = []
         for slot_rows in slots:
             weights = self._weights(slot_rows, projection.name)
             if isinstance(weights, MooreProjection):
                 moore.append((slot_rows, weights))
             elif isinstance(weights, BaditProjection):
-                badit.append(
-                    BaditGroup(weights, slot_rows.rows, slot_rows.task_index, slot_rows.segment, slot_rows.num_segments)
-                )
+                group = BaditGroup(weights, slot_rows.task_index, slot_rows.segment, slot_rows.num_segments)
+                deltas.append((slot_rows, badit_delta(self._rows_of(x, slot_rows), group)))
             elif isinstance(weights, LoraProjection):
-                lora.append(LoraGroup(weights, slot_rows.rows))
-        factors = self.state.factors.get((self.layer_index, projection.name))
+                deltas.append((slot_rows, lora_delta(self._rows_of(x, slot_rows), weights)))
         if moore:
+            factors = self.state.factors[(self.layer_index, projection.name)]
             self._apply_moore(x, columns, projection, factors, moore)
-        if badit:
-            badit_delta(x, badit, columns)
-        if lora:
-            lora_delta(x, lora, columns)
+        if deltas:
+            columns.add_(self._scatter(x.shape[0], projection.size, deltas))
+
+    @staticmethod
+    def _covers(x: torch.Tensor, slot_rows: SlotRows) -> bool:
+        """True when these rows are the whole batch, in order: no gather or scatter needed."""
+        return slot_rows.is_prefix and slot_rows.rows.numel() == x.shape[0]
+
+    def _rows_of(self, x: torch.Tensor, slot_rows: SlotRows) -> torch.Tensor:
+        return x if self._covers(x, slot_rows) else x.index_select(0, slot_rows.rows)
+
+    def _scatter(self, n: int, size: int, deltas: list[tuple[SlotRows, torch.Tensor]]) -> torch.Tensor:
+        """Per-slot deltas laid out as one contiguous (n, size) tensor (slots own disjoint rows)."""
+        if len(deltas) == 1 and deltas[0][1].shape[0] == n:
+            return deltas[0][1]
+        out = deltas[0][1].new_zeros(n, size)
+        for slot_rows, delta in deltas:
+            out.index_copy_(0, slot_rows.rows, delta)
+        return out
 
     def _apply_moore(
         self,
@@ -130,14 +143,21 @@ class AdaptedLinear(nn.Module):
         factors: ServingFactors,
         entries: list[tuple[SlotRows, MooreProjection]],
     ) -> None:
-        rows = torch.cat([slot_rows.rows for slot_rows, _ in entries])
-        groups, offset = [], 0
-        for slot_rows, weights in entries:
-            count = slot_rows.rows.numel()
-            local = torch.arange(offset, offset + count, device=x.device)
-            groups.append(MooreGroup(weights, local, slot_rows.task_index))
-            offset += count
-        out = moore_output(x.index_select(0, rows), factors, groups)  # (n, size)
+        if len(entries) == 1 and self._covers(x, entries[0][0]):
+            slot_rows, weights = entries[0]
+            rows, xs, groups = None, x, [MooreGroup(weights, None, slot_rows.task_index)]
+        else:
+            rows = torch.cat([slot_rows.rows for slot_rows, _ in entries])
+            xs, groups, offset = x.index_select(0, rows), [], 0
+            for slot_rows, weights in entries:
+                count = slot_rows.rows.numel()
+                local = torch.arange(offset, offset + count, device=x.device)
+                groups.append(MooreGroup(weights, local, slot_rows.task_index))
+                offset += count
+        out = moore_output(xs, factors, groups)  # (n, size)
         if self.added_bias is not None:
             out = out + self.added_bias.narrow(0, projection.start, projection.size)
-        columns.index_copy_(0, rows, out)
+        if rows is None:
+            columns.copy_(out)
+        else:
+            columns.index_copy_(0, rows, out)

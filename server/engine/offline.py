@@ -72,6 +72,9 @@ class OfflineEngine:
     def unload(self, slot: int) -> int:
         return max(self.llm.collective_rpc("orthoserve_unload_slot", args=(slot,)))
 
+    def resident_bytes(self) -> dict[str, int]:
+        return self.llm.collective_rpc("orthoserve_resident_bytes")[0]
+
     def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
         prompts, params = [], []
         for request in requests:

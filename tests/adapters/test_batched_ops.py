@@ -14,15 +14,7 @@ from torch.testing import assert_close
 from adapters.badit.math import ability_weights, badit_forward, residual_weight
 from adapters.base_model import BaseModelInfo
 from adapters.batched.convert import serving_slot
-from adapters.batched.ops import (
-    BaditGroup,
-    LoraGroup,
-    MooreGroup,
-    badit_delta,
-    lora_delta,
-    moore_output,
-    segment_mean,
-)
+from adapters.batched.ops import BaditGroup, MooreGroup, badit_delta, lora_delta, moore_output, segment_mean
 from adapters.batched.weights import ServingFactors
 from adapters.format import AdapterSet, load_adapter_set
 from adapters.lora.math import lora_forward
@@ -74,16 +66,15 @@ def test_badit_delta_matches_reference_per_segment(set_dirs, base: BaseModelInfo
     weights = serving_slot(adapter_set, factors.folder, torch.float32).projections[(LAYER, proj)]
     module = adapter_set.module(LAYER, proj)
     W = base.read_weight(LAYER, proj)
-    x = torch.randn(8, W.shape[1])
-    # Two requests of this set: a 4-token prefill (rows 1, 2, 4, 5) and a 1-token decode step (row 7).
-    group = BaditGroup(weights, rows(1, 2, 4, 5, 7), rows(1, 1, 1, 1, 0), rows(0, 0, 0, 0, 1), 2)
-    out = x @ W.T
-    badit_delta(x, [group], out)
+    # Two requests of this set: a 4-token prefill and a 1-token decode step.
+    x = torch.randn(5, W.shape[1])
+    group = BaditGroup(weights, rows(1, 1, 1, 1, 0), rows(0, 0, 0, 0, 1), 2)
+    out = x @ W.T + badit_delta(x, group)
 
     f = factors.get(LAYER, proj)
     k = module.num_experts * module.expert_rank
     W_res = residual_weight(W, f.U, f.S, f.V, k)
-    for segment, task in ((rows(1, 2, 4, 5), 1), (rows(7), 0)):
+    for segment, task in ((rows(0, 1, 2, 3), 1), (rows(4), 0)):
         xs = x[segment]
         if module.task_mixture is not None:
             w = module.task_mixture[task]
@@ -91,8 +82,6 @@ def test_badit_delta_matches_reference_per_segment(set_dirs, base: BaseModelInfo
             w = ability_weights(xs.mean(0), module.G)
         expected = badit_forward(xs, W_res, module.A, module.B, w, module.expert_rank, module.scale)
         assert_close(out[segment], expected, rtol=1e-4, atol=1e-4)
-    untouched = rows(0, 3, 6)
-    assert_close(out[untouched], x[untouched] @ W.T)
 
 
 def test_lora_delta_matches_reference(set_dirs, base: BaseModelInfo, factors: BaseFactors) -> None:
@@ -101,13 +90,20 @@ def test_lora_delta_matches_reference(set_dirs, base: BaseModelInfo, factors: Ba
     weights = serving_slot(adapter_set, None, torch.float32).projections[(LAYER, "q_proj")]
     W = base.read_weight(LAYER, "q_proj")
     x = torch.randn(6, W.shape[1])
-    out = x @ W.T
-    lora_delta(x, [LoraGroup(weights, rows(0, 3, 4))], out)
-    assert_close(out[rows(0, 3, 4)], lora_forward(x[rows(0, 3, 4)], W, module.A, module.B, module.scaling), rtol=1e-5, atol=1e-5)
-    assert_close(out[rows(1, 2, 5)], x[rows(1, 2, 5)] @ W.T)
+    out = x @ W.T + lora_delta(x, weights)
+    assert_close(out, lora_forward(x, W, module.A, module.B, module.scaling), rtol=1e-5, atol=1e-5)
 
 
 def test_segment_mean_averages_each_segment_alone() -> None:
     x = torch.arange(12, dtype=torch.float32).reshape(6, 2)
     means = segment_mean(x, rows(0, 0, 1, 1, 1, 2), 3)
     assert_close(means, torch.stack([x[:2].mean(0), x[2:5].mean(0), x[5]]))
+
+
+def test_moore_all_rows_fast_path_equals_gathered_rows(set_dirs, base: BaseModelInfo, factors: BaseFactors) -> None:
+    weights = serving_slot(load(set_dirs, "moore-random", base), factors.folder, torch.float32).projections[(LAYER, "q_proj")]
+    x = torch.randn(5, base.shape("q_proj")[1])
+    tasks = rows(0, 1, 0, 1, 1)
+    every_row = moore_output(x, serving_factors(factors, "q_proj"), [MooreGroup(weights, None, tasks)])
+    gathered = moore_output(x, serving_factors(factors, "q_proj"), [MooreGroup(weights, torch.arange(5), tasks)])
+    assert_close(every_row, gathered)

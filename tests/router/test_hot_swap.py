@@ -106,14 +106,22 @@ def test_unload_while_requests_run(server, admin, write_set):
     def in_flight() -> int:
         return sum(item["in_flight"] for item in admin.listing()["data"] if item["name"] == "drain")
 
-    wait_until(lambda: in_flight() == CONCURRENCY)
+    # On a loaded machine the first requests may finish before the last ones start: unload as soon as
+    # some run. Every request that got in finishes whole on the draining version; later ones get 404.
+    wait_until(lambda: in_flight() > 0)
     draining = admin.unload("drain", wait=False)
     assert draining["state"] == "draining" and draining["in_flight"] > 0, "requests ended before the unload"
     refused = complete(server.base_url, "drain/piqa")
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
     for worker in workers:
         worker.join()
-    assert [response.status_code for response in responses] == [200] * CONCURRENCY
-    assert {response.headers[VERSION_HEADER] for response in responses} == {f"drain@{draining['version']}"}
-    assert all(response.json()["usage"]["completion_tokens"] == max_tokens for response in responses)
+    served = [response for response in responses if response.status_code == 200]
+    assert len(served) >= draining["in_flight"]
+    assert all(
+        response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+        for response in responses
+        if response.status_code != 200
+    )
+    assert {response.headers[VERSION_HEADER] for response in served} == {f"drain@{draining['version']}"}
+    assert all(response.json()["usage"]["completion_tokens"] == max_tokens for response in served)
     wait_until(lambda: all(item["name"] != "drain" for item in admin.listing()["data"]))
