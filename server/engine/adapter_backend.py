@@ -4,18 +4,19 @@ Contract used by the router:
 - `await backend.load(slot, set_dir)` puts one validated adapter-set version into every worker under
   `slot` (an int never reused) and returns the bytes it occupies there.
 - `await backend.unload(slot)` frees it; callers guarantee no running request still uses the slot.
-- `request_routing(target)` gives the `SamplingParams.extra_args` and `cache_salt` for a request.
+- `request_routing(target)` gives what a request carries into the engine (routing entry, cache salt).
 
 Prefix caching: KV entries depend on the adapter, so adapter requests carry a cache salt naming the
-set, version and task; a BADIT request gets a salt of its own (its prefill routing averages over the
-whole prompt, so its KV can never be shared with another prompt that merely starts the same way).
+set, version and task. A BADIT request never reads cached KV: its prefill routing averages over the
+whole prompt, so KV computed for another prompt that merely starts the same way (or for a cached
+prefix of its own prompt) would be routed differently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,11 +77,18 @@ class AdapterEngineBackend:
         return (await self._engine.collective_rpc("orthoserve_resident_bytes"))[0]
 
 
-def request_routing(target: RouteTarget) -> tuple[dict[str, Any] | None, str | None]:
-    """`(SamplingParams.extra_args, cache_salt)` for a request to `target`; (None, None) for the base model."""
+@dataclass(frozen=True)
+class EngineRouting:
+    """How one request reaches its adapter inside the engine."""
+
+    extra_args: dict[str, Any] | None  # `SamplingParams.extra_args`: the workers' routing entry
+    cache_salt: str | None  # prefix-cache namespace: set, version and task
+    skip_prefix_cache: bool  # never read cached KV (BADIT: prefill routing sees the whole prompt)
+
+
+def request_routing(target: RouteTarget) -> EngineRouting:
+    """The engine-side routing of a request to `target`; the base model needs none."""
     if target.is_base:
-        return None, None
+        return EngineRouting(None, None, False)
     extra_args = RequestRoute(slot=target.slot, task_index=target.task_index).to_extra_args()
-    if target.kind == "badit":
-        return extra_args, f"badit:{uuid.uuid4().hex}"
-    return extra_args, f"{target.set_name}@{target.version}/{target.task}"
+    return EngineRouting(extra_args, f"{target.set_name}@{target.version}/{target.task}", target.kind == "badit")

@@ -78,13 +78,20 @@ class OfflineEngine:
     def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
         prompts, params = [], []
         for request in requests:
-            extra_args, cache_salt = request_routing(request.target)
+            routing = request_routing(request.target)
             prompt = vc.TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-            if cache_salt is not None:
-                prompt["cache_salt"] = cache_salt
+            if routing.cache_salt is not None:
+                prompt["cache_salt"] = routing.cache_salt
             prompts.append(prompt)
             params.append(
-                vc.SamplingParams(max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True, extra_args=extra_args)
+                vc.SamplingParams(
+                    max_tokens=request.max_tokens,
+                    temperature=0.0,
+                    logprobs=0,
+                    ignore_eos=True,
+                    extra_args=routing.extra_args,
+                    skip_reading_prefix_cache=routing.skip_prefix_cache,
+                )
             )
         outputs = self.llm.generate(
             prompts, params, lora_request=[r.stock_lora for r in requests], use_tqdm=False

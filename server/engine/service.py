@@ -229,6 +229,7 @@ class EngineService:
         self, request: SamplingFields, target: RouteTarget, *, max_tokens: int, logprobs: int | None
     ) -> vc.SamplingParams:
         """The only place engine sampling parameters are made; `target` is the request's resolved target."""
+        routing = request_routing(target)
         try:
             return vc.SamplingParams(
                 n=request.n,
@@ -241,7 +242,8 @@ class EngineService:
                 frequency_penalty=request.frequency_penalty,
                 logprobs=logprobs,
                 output_kind=vc.RequestOutputKind.DELTA,
-                extra_args=request_routing(target)[0],
+                extra_args=routing.extra_args,
+                skip_reading_prefix_cache=routing.skip_prefix_cache,
             )
         except vc.VLLMClientError as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
@@ -249,7 +251,7 @@ class EngineService:
     def engine_prompt(self, prompt: list[int], target: RouteTarget) -> vc.TokensPrompt:
         """The engine input of one prompt for `target`, with a prefix-cache salt isolating its adapter."""
         prompt_input = vc.TokensPrompt(prompt_token_ids=prompt)
-        cache_salt = request_routing(target)[1]
+        cache_salt = request_routing(target).cache_salt
         if cache_salt is not None:
             prompt_input["cache_salt"] = cache_salt
         return prompt_input

@@ -126,3 +126,17 @@ def test_unload_frees_factors_and_slot(engine: OfflineEngine, set_dirs) -> None:
     loaded = engine.load(slot, set_dirs["lora"])
     assert loaded > 0
     assert engine.unload(slot) == loaded
+
+
+def test_badit_never_reuses_cached_prefix_kv(engine: OfflineEngine, tiny_model_dir: Path, set_dirs, svd_cache_dir: Path) -> None:
+    """KV of a prompt's prefix, cached for another BADIT prompt, was routed on that prompt's mean."""
+    shorter = [(7 * i + 3) % 500 + 5 for i in range(150)]
+    longer = shorter + [11, 22, 33, 44, 55, 66, 77, 88]
+    engine.generate(requests_of([(shorter, "badit-input", None)]))
+    [served] = engine.generate(requests_of([(longer, "badit-input", None)]))
+    [(ref_tokens, ref_logprobs)] = reference_greedy(
+        tiny_model_dir, {"badit-input": set_dirs["badit-input"]}, [(longer, "badit-input", "default")], MAX_TOKENS,
+        cache_dir=svd_cache_dir,
+    )
+    assert served.token_ids == ref_tokens
+    assert max(abs(a - b) for a, b in zip(served.logprobs, ref_logprobs)) <= LOGPROB_TOLERANCE
