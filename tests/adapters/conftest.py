@@ -12,7 +12,6 @@ from adapters.badit.config import BaditConfig
 from adapters.initialise import init_adapter_set
 from adapters.reference import ReferenceModel
 from adapters.svd_cache import BaseFactors, base_factors
-from tests.tiny_model import build_tiny_llama
 
 torch.set_num_threads(1)
 
@@ -22,11 +21,6 @@ MOORE_TASKS = ["arc-e", "boolq"]
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
