@@ -7,6 +7,8 @@ naming the field.
 
 from __future__ import annotations
 
+import collections
+
 import re
 from typing import Any, Literal
 
@@ -65,7 +67,7 @@ def check_task_names(tasks: Any) -> list[str]:
                 f"Task name {task!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
                 field="tasks",
             )
-    duplicates = sorted({task for task in tasks if tasks.count(task) > 1})
+    duplicates = sorted(task for task, count in collections.Counter(tasks).items() if count > 1)
     if duplicates:
         raise TaskListInvalid(f"The task list repeats {', '.join(duplicates)}.", field="tasks")
     return tasks
