@@ -17,8 +17,10 @@ async def create_chat_completion(
     body: ChatCompletionRequest, engine: EngineDep, http: Request
 ) -> JSONResponse | StreamingResponse:
     job = engine.prepare_chat(body)
-    if body.stream:
-        deltas = await until_disconnected(http, engine.open_stream(job))
-        return sse_response(chat_chunks(job, deltas, body.include_usage_in_stream), job.headers)
-    choices = await until_disconnected(http, engine.generate(job))
+    # The job holds its adapter-set version; a request cancelled before its work starts lets go here.
+    with job.lease.released_on_error():
+        if body.stream:
+            deltas = await until_disconnected(http, engine.open_stream(job))
+            return sse_response(chat_chunks(job, deltas, body.include_usage_in_stream), job.headers)
+        choices = await until_disconnected(http, engine.generate(job))
     return JSONResponse(chat_response(job, choices).model_dump(), headers=job.headers)

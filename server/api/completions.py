@@ -15,8 +15,10 @@ router = APIRouter(route_class=observed_route("completions"))
 @router.post("/v1/completions", response_model=CompletionResponse)
 async def create_completion(body: CompletionRequest, engine: EngineDep, http: Request) -> JSONResponse | StreamingResponse:
     job = engine.prepare_completion(body)
-    if body.stream:
-        deltas = await until_disconnected(http, engine.open_stream(job))
-        return sse_response(completion_chunks(job, deltas, body.include_usage_in_stream), job.headers)
-    choices = await until_disconnected(http, engine.generate(job))
+    # The job holds its adapter-set version; a request cancelled before its work starts lets go here.
+    with job.lease.released_on_error():
+        if body.stream:
+            deltas = await until_disconnected(http, engine.open_stream(job))
+            return sse_response(completion_chunks(job, deltas, body.include_usage_in_stream), job.headers)
+        choices = await until_disconnected(http, engine.generate(job))
     return JSONResponse(completion_response(job, choices).model_dump(), headers=job.headers)
