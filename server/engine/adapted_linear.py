@@ -53,6 +53,7 @@ class AdaptedLinear(nn.Module):
         base_forward: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
         pack_output: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], object],
         added_bias: torch.Tensor | None,
+        returned_bias: torch.Tensor | None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -62,6 +63,7 @@ class AdaptedLinear(nn.Module):
         self._base_forward = base_forward
         self._pack_output = pack_output
         self.added_bias = added_bias  # the bias the base layer adds into its output, if any
+        self.returned_bias = returned_bias  # the bias it returns beside its output instead, if any
         self.output_size = sum(p.size for p in projections)
 
     def forward(self, x: torch.Tensor) -> object:
@@ -91,7 +93,7 @@ class AdaptedLinear(nn.Module):
         keep[torch.cat(replaced)] = False
         base_rows = keep.nonzero().squeeze(1)
         y = x.new_empty(x.shape[0], self.output_size)
-        bias = None
+        bias = self.returned_bias
         if base_rows.numel():
             base_y, bias = self._base_forward(self.base_layer, x.index_select(0, base_rows))
             y.index_copy_(0, base_rows, base_y)

@@ -121,6 +121,11 @@ def added_bias(layer: nn.Module) -> torch.Tensor | None:
     return None if layer.skip_bias_add else layer.bias
 
 
+def returned_bias(layer: nn.Module) -> torch.Tensor | None:
+    """The bias a vLLM linear returns beside its output for the caller to add (skip_bias_add)."""
+    return layer.bias if layer.skip_bias_add else None
+
+
 def install_step_hook(
     model_runner: object, on_step: Callable[[list[RequestRoute | None], np.ndarray], None], on_step_end: Callable[[], None]
 ) -> None:

@@ -77,6 +77,7 @@ def _install(worker: object) -> WorkerAdapterState:
             base_forward=vllm_internals.base_forward,
             pack_output=vllm_internals.pack_output,
             added_bias=vllm_internals.added_bias(linear.layer),
+            returned_bias=vllm_internals.returned_bias(linear.layer),
         )
         setattr(linear.parent, linear.attribute, adapted)
 
