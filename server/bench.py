@@ -56,11 +56,11 @@ class BenchRow:
 class BenchRatio:
     name: str
     value: float
-    target: float
+    target: float | None  # None: reported for context, no target
 
     @property
-    def met(self) -> bool:
-        return self.value >= self.target
+    def met(self) -> bool | None:
+        return None if self.target is None else self.value >= self.target
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
         BenchRatio("badit / base", ours[BASE] / ours[BADIT], 0.90),
         BenchRatio("lora / base", ours[BASE] / ours[LORA], 0.90),
         BenchRatio("lora: orthoserve / vLLM stock", theirs[STOCK_LORA] / ours[LORA], 1.5),
-        BenchRatio("vLLM stock lora / its base", theirs[BASE] / theirs[STOCK_LORA], 0.0),
+        BenchRatio("vLLM stock lora / its base", theirs[BASE] / theirs[STOCK_LORA], None),
     ]
     return BenchReport(rows, ratios, resident)
 
@@ -238,8 +238,8 @@ def render_table(report: BenchReport) -> str:
     lines += [f"{r.engine:20} {r.scenario:32} {r.tokens_per_s:9.1f}" for r in report.rows]
     lines += ["", f"{'ratio':44} {'value':>7} {'target':>7}", "-" * 63]
     for ratio in report.ratios:
-        verdict = "" if ratio.target == 0 else ("met" if ratio.met else "MISSED")
-        target = "" if ratio.target == 0 else f"{ratio.target:.2f}"
+        verdict = {None: "", True: "met", False: "MISSED"}[ratio.met]
+        target = "" if ratio.target is None else f"{ratio.target:.2f}"
         lines.append(f"{ratio.name:44} {ratio.value:7.3f} {target:>7}  {verdict}")
     lines += ["", f"{'resident in the engine':44} {'MiB':>7}", "-" * 63]
     lines += [f"{name:44} {size / 2**20:7.1f}" for name, size in report.resident_bytes.items()]

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adapters.base_model import BaseModelInfo
+from adapters.batched.convert import NEEDS_SVD_CACHE
 from adapters.format import read_manifest
 from adapters.svd_cache import ensure_base_factors
 from router.batch_routing import RequestRoute
 from router.target import RouteTarget
 
-_FACTORED_KINDS = ("moore", "badit")
 WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
 _MIN_BATCHED_TOKENS = 2048
 
@@ -50,7 +50,7 @@ def model_context_length(model_dir: Path) -> int:
 def load_slot_args(base: BaseModelInfo, svd_cache_dir: Path, slot: int, set_dir: Path) -> tuple[int, str, str | None]:
     """Arguments of the workers' `orthoserve_load_slot`; computes the base factors first if the set needs them."""
     factors_dir = None
-    if read_manifest(set_dir).kind in _FACTORED_KINDS:
+    if read_manifest(set_dir).kind in NEEDS_SVD_CACHE:
         factors_dir = str(ensure_base_factors(base, svd_cache_dir))
     return slot, str(set_dir), factors_dir
 
@@ -84,6 +84,16 @@ class EngineRouting:
     extra_args: dict[str, Any] | None  # `SamplingParams.extra_args`: the workers' routing entry
     cache_salt: str | None  # prefix-cache namespace: set, version and task
     skip_prefix_cache: bool  # never read cached KV (BADIT: prefill routing sees the whole prompt)
+
+    def prompt(self, token_ids: list[int]) -> dict[str, Any]:
+        """The engine prompt (vLLM `TokensPrompt` fields) of one prompt, salted for its adapter."""
+        if self.cache_salt is None:
+            return {"prompt_token_ids": token_ids}
+        return {"prompt_token_ids": token_ids, "cache_salt": self.cache_salt}
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The `SamplingParams` fields that carry this routing."""
+        return {"extra_args": self.extra_args, "skip_reading_prefix_cache": self.skip_prefix_cache}
 
 
 def request_routing(target: RouteTarget) -> EngineRouting:

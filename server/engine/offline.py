@@ -79,18 +79,10 @@ class OfflineEngine:
         prompts, params = [], []
         for request in requests:
             routing = request_routing(request.target)
-            prompt = vc.TokensPrompt(prompt_token_ids=request.prompt_token_ids)
-            if routing.cache_salt is not None:
-                prompt["cache_salt"] = routing.cache_salt
-            prompts.append(prompt)
+            prompts.append(routing.prompt(request.prompt_token_ids))
             params.append(
                 vc.SamplingParams(
-                    max_tokens=request.max_tokens,
-                    temperature=0.0,
-                    logprobs=0,
-                    ignore_eos=True,
-                    extra_args=routing.extra_args,
-                    skip_reading_prefix_cache=routing.skip_prefix_cache,
+                    max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True, **routing.sampling_fields()
                 )
             )
         outputs = self.llm.generate(

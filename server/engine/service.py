@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from router.resident import Lease
 from router.target import RouteTarget
 from server.engine import vllm_compat as vc
-from server.engine.adapter_backend import adapter_engine_options, model_context_length, request_routing
+from server.engine.adapter_backend import EngineRouting, adapter_engine_options, model_context_length, request_routing
 from server.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
@@ -66,6 +66,7 @@ class GenerationJob:
     request_id: str
     model: str
     target: RouteTarget
+    routing: EngineRouting  # how the engine routes and cache-isolates this target
     prompts: list[list[int]]
     params: vc.SamplingParams
     record: RequestRecord
@@ -212,12 +213,14 @@ class EngineService:
                 f"{self.max_model_len - room} tokens, leaving room for {room} tokens, not max_tokens={max_tokens}.",
                 param="max_tokens",
             )
-        params = self.build_sampling_params(request, target, max_tokens=max_tokens, logprobs=logprobs)
+        routing = request_routing(target)
+        params = self.build_sampling_params(request, routing, max_tokens=max_tokens, logprobs=logprobs)
         headers = {"x-orthoserve-adapter-set": target.version_header} if target.version_header else {}
         return GenerationJob(
             request_id=record.request_id,
             model=request.model,
             target=target,
+            routing=routing,
             prompts=prompts,
             params=params,
             record=record,
@@ -226,10 +229,9 @@ class EngineService:
         )
 
     def build_sampling_params(
-        self, request: SamplingFields, target: RouteTarget, *, max_tokens: int, logprobs: int | None
+        self, request: SamplingFields, routing: EngineRouting, *, max_tokens: int, logprobs: int | None
     ) -> vc.SamplingParams:
-        """The only place engine sampling parameters are made; `target` is the request's resolved target."""
-        routing = request_routing(target)
+        """The only place engine sampling parameters are made; `routing` carries the request's target."""
         try:
             return vc.SamplingParams(
                 n=request.n,
@@ -242,19 +244,10 @@ class EngineService:
                 frequency_penalty=request.frequency_penalty,
                 logprobs=logprobs,
                 output_kind=vc.RequestOutputKind.DELTA,
-                extra_args=routing.extra_args,
-                skip_reading_prefix_cache=routing.skip_prefix_cache,
+                **routing.sampling_fields(),
             )
         except vc.VLLMClientError as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
-
-    def engine_prompt(self, prompt: list[int], target: RouteTarget) -> vc.TokensPrompt:
-        """The engine input of one prompt for `target`, with a prefix-cache salt isolating its adapter."""
-        prompt_input = vc.TokensPrompt(prompt_token_ids=prompt)
-        cache_salt = request_routing(target).cache_salt
-        if cache_salt is not None:
-            prompt_input["cache_salt"] = cache_salt
-        return prompt_input
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -280,7 +273,7 @@ class EngineService:
         record = job.record
         n = job.params.n
         streams = [
-            self.engine.generate(self.engine_prompt(prompt, job.target), job.params, f"{job.request_id}-{i}")
+            self.engine.generate(job.routing.prompt(prompt), job.params, f"{job.request_id}-{i}")
             for i, prompt in enumerate(job.prompts)
         ]
         stats: dict[int, vc.RequestStateStats] = {}
