@@ -261,3 +261,12 @@ def _check_values(tensors: dict[str, torch.Tensor], method: MethodSpec, config: 
             raise NonFiniteTensor(f"Tensor '{name}' contains NaN or infinite values.", field=name)
         method.check_values(name, tensor, config)
 
+
+
+def read_validated_set(path: Path | str) -> AdapterSet:
+    """Read a set that `load_adapter_set` has already validated against the base, without repeating
+    the checks (engine workers loading a set the server has just validated)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    tensors = load_file(str(path / TENSORS_FILE))
+    return AdapterSet(manifest=manifest, config=manifest.method_config(), tensors=tensors, path=path)

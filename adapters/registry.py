@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from adapters.errors import MethodRegistrationError, UnknownKind
+from adapters.serving.bank import MethodServing
 
 _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 InitMode = Literal["paper", "random"]
@@ -52,6 +53,7 @@ class MethodSpec:
     initialise: Callable[..., dict[str, torch.Tensor]]
     needs_factors: bool
     default_targets: tuple[str, ...]
+    serving: MethodServing
     fp32_params: tuple[str, ...] = ()
     # True when the set routes on the input, so a request need not name a task.
     input_routed: Callable[[Any], bool] = lambda config: False

@@ -104,6 +104,12 @@ class AdapterPathMissing(RouterError):
         super().__init__(f"No adapter-set directory at '{path}'.", param="path")
 
 
+class AdapterCapacityExceeded(RouterError):
+    """The set does not fit the engine's fixed adapter capacity (slots per method, shapes)."""
+
+    code = "adapter_capacity_exceeded"
+
+
 class MemoryBudgetExceeded(RouterError):
     code = "adapter_memory_budget_exceeded"
 

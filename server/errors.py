@@ -21,6 +21,7 @@ from router.errors import (
     AdapterSetBusy,
     AdapterSetExists,
     AdapterSetNotFound,
+    AdapterCapacityExceeded,
     MemoryBudgetExceeded,
     PathNotAllowed,
     RouterError,
@@ -89,6 +90,7 @@ ERROR_STATUSES: tuple[ErrorStatus, ...] = (
     ErrorStatus(AdapterSetBusy, 409, "invalid_request_error", None),
     ErrorStatus(AdapterPathMissing, 422, "invalid_request_error", None),
     ErrorStatus(MemoryBudgetExceeded, 507, "insufficient_storage", None),
+    ErrorStatus(AdapterCapacityExceeded, 507, "insufficient_storage", None),
     ErrorStatus(RouterError, 400, "invalid_request_error", None),  # ambiguous or malformed tags, bad names
     ErrorStatus(AdapterError, 422, "invalid_request_error", None),  # every failed validation of a set
 )

@@ -1,8 +1,9 @@
 """BADIT: Basic Ability Decomposition for Instruction Tuning (methods.md §2)."""
 
-from adapters.badit import init, layer, loader
+from adapters.badit import init, layer, loader, serving
 from adapters.badit.config import BaditConfig
 from adapters.registry import MethodSpec, register_method
+from adapters.serving.bank import MethodServing
 
 register_method(
     MethodSpec(
@@ -15,6 +16,12 @@ register_method(
         reference_forward=layer.reference_forward,
         initialise=init.initialise,
         needs_factors=True,
+        serving=MethodServing(
+            capacity_cls=serving.BaditCapacity,
+            make_bank=lambda capacity, shape, device, dtype, shared: serving.BaditBank(capacity, shape, device, dtype),
+            capacity_limits=serving.capacity_limits,
+            task_rows_needed=serving.task_rows_needed,
+        ),
         default_targets=("gate_proj",),
         input_routed=lambda config: config.routing == "input",
     )

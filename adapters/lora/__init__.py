@@ -1,8 +1,9 @@
 """Plain LoRA (PEFT-compatible), served beside MoORE and BADIT."""
 
-from adapters.lora import init, layer, loader
+from adapters.lora import init, layer, loader, serving
 from adapters.lora.config import LoraConfig
 from adapters.registry import MethodSpec, register_method
+from adapters.serving.bank import MethodServing
 
 register_method(
     MethodSpec(
@@ -15,6 +16,11 @@ register_method(
         reference_forward=layer.reference_forward,
         initialise=init.initialise,
         needs_factors=False,
+        serving=MethodServing(
+            capacity_cls=serving.LoraCapacity,
+            make_bank=lambda capacity, shape, device, dtype, shared: serving.LoraBank(capacity, shape, device, dtype),
+            capacity_limits=serving.capacity_limits,
+        ),
         default_targets=("q_proj", "v_proj"),
     )
 )

@@ -21,24 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from adapters.base_model import BaseModelInfo
-from adapters.batched.convert import NEEDS_SVD_CACHE
 from adapters.format import read_manifest
 from adapters.svd_cache import ensure_base_factors
-from router.batch_routing import RequestRoute
+from router.step_routing import RequestRoute
 from router.target import RouteTarget
-
-WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
-_MIN_BATCHED_TOKENS = 2048
-
-
-def adapter_engine_options(max_model_len: int) -> dict[str, Any]:
-    """Engine arguments adapter serving needs: the worker extension, and whole-prompt prefill (BADIT's
-    prefill routing averages over the entire prompt, so a prompt must never be split into chunks)."""
-    return {
-        "worker_extension_cls": WORKER_EXTENSION,
-        "enable_chunked_prefill": False,
-        "max_num_batched_tokens": max(max_model_len, _MIN_BATCHED_TOKENS),
-    }
+from server.engine.capacity import AdapterCapacity
 
 
 def model_context_length(model_dir: Path) -> int:
@@ -50,7 +37,7 @@ def model_context_length(model_dir: Path) -> int:
 def load_slot_args(base: BaseModelInfo, svd_cache_dir: Path, slot: int, set_dir: Path) -> tuple[int, str, str | None]:
     """Arguments of the workers' `orthoserve_load_slot`; computes the base factors first if the set needs them."""
     factors_dir = None
-    if read_manifest(set_dir).kind in NEEDS_SVD_CACHE:
+    if read_manifest(set_dir).method().needs_factors:
         factors_dir = str(ensure_base_factors(base, svd_cache_dir))
     return slot, str(set_dir), factors_dir
 
@@ -60,17 +47,27 @@ class RpcEngine(Protocol):
 
 
 class AdapterEngineBackend:
-    def __init__(self, engine: RpcEngine, base: BaseModelInfo, svd_cache_dir: Path) -> None:
+    def __init__(self, engine: RpcEngine, base: BaseModelInfo, svd_cache_dir: Path, capacity: AdapterCapacity) -> None:
         self._engine = engine
         self._base = base
         self._svd_cache_dir = svd_cache_dir
+        self._capacity = capacity
+        self._kinds: dict[int, str] = {}  # kind of every slot loaded or loading
 
     async def load(self, slot: int, set_dir: Path) -> int:
-        args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
-        return max(await self._engine.collective_rpc("orthoserve_load_slot", args=args))
+        manifest = read_manifest(set_dir)
+        self._capacity.check_fits(manifest, sum(kind == manifest.kind for kind in self._kinds.values()))
+        self._kinds[slot] = manifest.kind
+        try:
+            args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
+            return max(await self._engine.collective_rpc("orthoserve_load_slot", args=args))
+        except BaseException:
+            self._kinds.pop(slot, None)
+            raise
 
     async def unload(self, slot: int) -> int:
         freed = await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
+        self._kinds.pop(slot, None)
         return max(freed)
 
     async def resident_bytes(self) -> dict[str, int]:

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.base_model import describe_base_model
+from adapters.registry import registered_methods
 from router.target import BASE_TARGET, RouteTarget
 from server.engine import vllm_compat as vc
-from server.engine.adapter_backend import adapter_engine_options, load_slot_args, request_routing
+from server.engine.adapter_backend import load_slot_args, request_routing
+from server.engine.capacity import AdapterCapacity
 from server.settings import export_environment
 
 GiB = 1 << 30
@@ -43,11 +45,16 @@ class OfflineEngine:
         kv_cache_gib: float = 0.5,
         stock_lora_rank: int | None = None,
         max_stock_loras: int = 8,
+        capacity: AdapterCapacity | None = None,
+        enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
     ) -> None:
+        """`capacity`: adapter capacity of the engine (default: every method with its default limits)."""
         vc.check_pinned_version()
         if vc.is_cpu_platform():
             export_environment(vc.cpu_worker_thread_env(1))
         self.base = describe_base_model(model_dir)
+        capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
         self._svd_cache_dir = svd_cache_dir
         stock_lora = (
             {"enable_lora": True, "max_lora_rank": stock_lora_rank, "max_loras": max_stock_loras}
@@ -59,9 +66,10 @@ class OfflineEngine:
             dtype=dtype,
             max_model_len=max_model_len,
             kv_cache_memory_bytes=int(kv_cache_gib * GiB),
-            enforce_eager=vc.is_cpu_platform(),
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
             seed=0,
-            **adapter_engine_options(max_model_len),
+            **capacity.engine_options(max_model_len),
             **stock_lora,
         )
 

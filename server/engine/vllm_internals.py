@@ -20,11 +20,13 @@ import vllm
 from torch import nn
 from vllm import _custom_ops
 from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+from vllm.config import VllmConfig
 from vllm.sampling_params import SamplingParams
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from router.batch_routing import RequestRoute
+from router.step_routing import RequestRoute
 
 PINNED_VLLM_VERSION = "0.32.0"
 
@@ -54,6 +56,11 @@ def verify_internals() -> None:
         )[:3]
         == ["self", "scheduler_output", "num_scheduled_tokens"],
         "GPUModelRunner.execute_model": callable(getattr(GPUModelRunner, "execute_model", None)),
+        "CPUModelRunner.load_model / GPUModelRunner.load_model": all(
+            callable(getattr(cls, "load_model", None)) for cls in (CPUModelRunner, GPUModelRunner)
+        ),
+        "GPUModelRunner.max_num_tokens": "self.max_num_tokens" in inspect.getsource(GPUModelRunner.__init__),
+        "VllmConfig.additional_config": "additional_config" in inspect.signature(VllmConfig).parameters,
         "CachedRequestState.sampling_params": "sampling_params" in {f.name for f in dataclasses.fields(CachedRequestState)},
         "InputBatch.req_ids / num_reqs": all(hasattr(InputBatch, name) for name in ("req_ids", "num_reqs")),
         "SamplingParams.extra_args": "extra_args" in inspect.signature(SamplingParams).parameters,
@@ -75,6 +82,10 @@ class AdaptableLinear:
     attribute: str
     layer: LinearBase
     projection_sizes: tuple[tuple[str, int], ...]  # (HF projection name, output columns), in order
+    input_size: int
+
+    def replace(self, module: nn.Module) -> None:
+        setattr(self.parent, self.attribute, module)
 
 
 def adaptable_linears(model: nn.Module) -> Iterator[AdaptableLinear]:
@@ -90,12 +101,14 @@ def adaptable_linears(model: nn.Module) -> Iterator[AdaptableLinear]:
                 continue
             if getattr(module, "tp_size", 1) != 1:
                 raise UnsupportedEngineLayout("adapter sets need tensor_parallel_size=1")
+            if getattr(module, "bias", None) is not None:
+                raise UnsupportedEngineLayout(f"{name} has a bias; adapter sets serve bias-free Llama-family layers")
             if isinstance(module, (QKVParallelLinear, MergedColumnParallelLinear)):
                 sizes = tuple(module.output_sizes)
             else:
                 sizes = (module.output_size,)
             parent = model.get_submodule(".".join(parts[:-1]))
-            yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, sizes)))
+            yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, sizes)), module.input_size)
 
 
 def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -107,23 +120,46 @@ def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor
     return functools.partial(_custom_ops.onednn_mm, handler, bias=None)
 
 
-def base_forward(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def base_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     result = layer(x)
-    return result if isinstance(result, tuple) else (result, None)
+    return result[0] if isinstance(result, tuple) else result
 
 
-def pack_output(layer: nn.Module, y: torch.Tensor, bias: torch.Tensor | None) -> object:
-    return (y, bias) if layer.return_bias else y
+def pack_output(layer: nn.Module, y: torch.Tensor) -> object:
+    """What the base layer returns for output `y` (bias-free layers: `(y, None)` when asked for a bias)."""
+    return (y, None) if layer.return_bias else y
 
 
-def added_bias(layer: nn.Module) -> torch.Tensor | None:
-    """The bias a vLLM linear adds into its output (it returns it separately when skip_bias_add)."""
-    return None if layer.skip_bias_add else layer.bias
+def after_model_load(install: Callable[[object], None]) -> None:
+    """Call `install(model_runner)` right after every model runner loads its model, before vLLM
+    profiles, compiles or captures it. Idempotent (general plugins may be loaded several times)."""
+    for cls in (CPUModelRunner, GPUModelRunner):
+        load_model = cls.__dict__["load_model"]
+        if getattr(load_model, "_orthoserve_hooked", False):
+            continue
+
+        @functools.wraps(load_model)
+        def load_then_install(self, *args, _load_model=load_model, **kwargs):
+            _load_model(self, *args, **kwargs)
+            install(self)
+
+        load_then_install._orthoserve_hooked = True
+        setattr(cls, "load_model", load_then_install)
 
 
-def returned_bias(layer: nn.Module) -> torch.Tensor | None:
-    """The bias a vLLM linear returns beside its output for the caller to add (skip_bias_add)."""
-    return layer.bias if layer.skip_bias_add else None
+def runner_extra_config(model_runner: object) -> dict:
+    """`additional_config` the engine was created with (how orthoserve's capacity reaches the workers)."""
+    config = model_runner.vllm_config.additional_config
+    return config if isinstance(config, dict) else {}
+
+
+def runner_max_tokens(model_runner: object) -> int:
+    """Most tokens one step can hold."""
+    return model_runner.max_num_tokens
+
+
+def runner_device(model_runner: object) -> torch.device:
+    return torch.device(model_runner.device)
 
 
 def install_step_hook(
@@ -156,13 +192,13 @@ def install_step_hook(
     model_runner.execute_model = execute_with_routing
 
 
-def worker_model(worker: object) -> nn.Module:
-    return worker.model_runner.get_model()
-
-
 def worker_model_runner(worker: object) -> object:
     return worker.model_runner
 
 
-def worker_model_dtype(worker: object) -> torch.dtype:
-    return worker.model_runner.model_config.dtype
+def runner_model(model_runner: object) -> nn.Module:
+    return model_runner.get_model()
+
+
+def runner_model_dtype(model_runner: object) -> torch.dtype:
+    return model_runner.model_config.dtype

@@ -1,91 +1,67 @@
-"""Adapter residency inside each vLLM worker (mixed in through the engine's `worker_extension_cls`).
+"""Adapter residency inside each vLLM worker.
 
-The engine process calls these methods through `AsyncLLM.collective_rpc`. On the first load the
-worker wraps its model's fused linears in `AdaptedLinear` layers and hooks the model runner so every
-step publishes its routing; a server that never loads an adapter set runs the plain vLLM model.
+`install_adapters` runs when the model loads (see `server.engine.plugin`): it wraps the fused linears of
+every decoder layer in `AdaptedLinear` layers backed by fixed-capacity banks and hooks the model runner
+so every step publishes its routing. The engine process then loads and unloads set versions through
+`AsyncLLM.collective_rpc` on the methods of `OrthoserveWorkerExtension` (vLLM's `worker_extension_cls`).
 """
 
 from __future__ import annotations
 
 import pathlib
 
-import numpy as np
-
-from adapters.batched.convert import SHARES_BASE_FACTORS, load_serving_factors, load_serving_slot
-from router.batch_routing import RequestRoute, build_batch_routing
-from router.heap import release_freed_memory
+from adapters.registry import get_method
 from server.engine import vllm_internals
-from server.engine.adapted_linear import AdaptedLinear, Projection, WorkerAdapterState
+from server.engine.adapted_linear import Projection
+from server.engine.adapter_residency import WorkerAdapters
 
-_STATE_ATTRIBUTE = "_orthoserve_adapter_state"
+CAPACITY_KEY = "orthoserve"
+"""Key of the adapter capacity in the engine's `additional_config`: {kind: capacity fields}."""
+_ATTRIBUTE = "_orthoserve_adapters"
+
+
+def install_adapters(model_runner: object) -> None:
+    capacity = vllm_internals.runner_extra_config(model_runner).get(CAPACITY_KEY)
+    if not capacity:
+        return
+    vllm_internals.verify_internals()
+    capacities = {kind: get_method(kind).serving.capacity_cls(**fields) for kind, fields in capacity.items()}
+    linears = []
+    for linear in vllm_internals.adaptable_linears(vllm_internals.runner_model(model_runner)):
+        projections, start = [], 0
+        for name, size in linear.projection_sizes:
+            projections.append(Projection(name, start, size))
+            start += size
+        linears.append((linear.layer_index, linear.layer, projections, linear.input_size, linear.replace))
+    adapters = WorkerAdapters(
+        linears,
+        capacities,
+        device=vllm_internals.runner_device(model_runner),
+        model_dtype=vllm_internals.runner_model_dtype(model_runner),
+        max_tokens=vllm_internals.runner_max_tokens(model_runner),
+        product=vllm_internals.dense_product,
+        base_forward=vllm_internals.base_forward,
+        pack_output=vllm_internals.pack_output,
+    )
+    vllm_internals.install_step_hook(model_runner, adapters.begin_step, adapters.end_step)
+    setattr(model_runner, _ATTRIBUTE, adapters)
 
 
 class OrthoserveWorkerExtension:
     def orthoserve_load_slot(self, slot: int, set_dir: str, factors_dir: str | None) -> int:
         """Load one validated adapter-set version under `slot`; returns the bytes it occupies here."""
-        state = self._orthoserve_state()
-        dtype = vllm_internals.worker_model_dtype(self)
-        factors_path = pathlib.Path(factors_dir) if factors_dir else None
-        resident = load_serving_slot(pathlib.Path(set_dir), dtype, factors_path)
-        if resident.kind in SHARES_BASE_FACTORS:
-            missing = [key for key in resident.projections if key not in state.factors]
-            state.factors.update(load_serving_factors(factors_path, missing, dtype, vllm_internals.dense_product))
-        state.slots[slot] = resident
-        return resident.nbytes
+        factors = pathlib.Path(factors_dir) if factors_dir else None
+        return self._orthoserve_adapters().load(slot, pathlib.Path(set_dir), factors)
 
     def orthoserve_unload_slot(self, slot: int) -> int:
         """Drop `slot` and the base factors no remaining slot needs. Returns the bytes freed."""
-        state = self._orthoserve_state()
-        resident = state.slots.pop(slot, None)
-        freed = resident.nbytes if resident else 0
-        needed = {key for s in state.slots.values() if s.kind in SHARES_BASE_FACTORS for key in s.projections}
-        for key in [key for key in state.factors if key not in needed]:
-            freed += state.factors.pop(key).nbytes
-        del resident
-        release_freed_memory()
-        return freed
+        return self._orthoserve_adapters().unload(slot)
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:
-        state = self._orthoserve_state()
-        return {
-            "slots": sum(s.nbytes for s in state.slots.values()),
-            "base_factors": sum(f.nbytes for f in state.factors.values()),
-        }
+        return self._orthoserve_adapters().resident_bytes()
 
-    def _orthoserve_state(self) -> WorkerAdapterState:
-        state = getattr(self, _STATE_ATTRIBUTE, None)
-        if state is None:
-            state = _install(self)
-            setattr(self, _STATE_ATTRIBUTE, state)
-        return state
-
-
-def _install(worker: object) -> WorkerAdapterState:
-    vllm_internals.verify_internals()
-    state = WorkerAdapterState()
-    model = vllm_internals.worker_model(worker)
-    for linear in list(vllm_internals.adaptable_linears(model)):
-        projections, start = [], 0
-        for name, size in linear.projection_sizes:
-            projections.append(Projection(name, start, size))
-            start += size
-        adapted = AdaptedLinear(
-            linear.layer,
-            linear.layer_index,
-            projections,
-            state,
-            base_forward=vllm_internals.base_forward,
-            pack_output=vllm_internals.pack_output,
-            added_bias=vllm_internals.added_bias(linear.layer),
-            returned_bias=vllm_internals.returned_bias(linear.layer),
-        )
-        setattr(linear.parent, linear.attribute, adapted)
-
-    def on_step(routes: list[RequestRoute | None], num_scheduled_tokens: np.ndarray) -> None:
-        state.routing = build_batch_routing(routes, num_scheduled_tokens) if any(routes) else None
-
-    def on_step_end() -> None:
-        state.routing = None
-
-    vllm_internals.install_step_hook(vllm_internals.worker_model_runner(worker), on_step, on_step_end)
-    return state
+    def _orthoserve_adapters(self) -> WorkerAdapters:
+        adapters = getattr(vllm_internals.worker_model_runner(self), _ATTRIBUTE, None)
+        if adapters is None:
+            raise RuntimeError("this engine was started without adapter capacity")
+        return adapters

@@ -15,6 +15,7 @@ from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
 from adapters.reference import reference_greedy
 from router.target import BASE_TARGET, RouteTarget
+from server.engine.capacity import AdapterCapacity
 from server.engine.offline import OfflineEngine, OfflineRequest
 
 MAX_TOKENS = 8
@@ -50,7 +51,8 @@ def set_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path]):
-    engine = OfflineEngine(tiny_model_dir, svd_cache_dir, dtype="float32", max_model_len=256)
+    capacity = AdapterCapacity.build({"moore": {"max_sets": 3}, "badit": {}, "lora": {}})
+    engine = OfflineEngine(tiny_model_dir, svd_cache_dir, dtype="float32", max_model_len=256, capacity=capacity)
     for slot, name in enumerate(SETS, start=1):
         engine.load(slot, set_dirs[name])
     yield engine

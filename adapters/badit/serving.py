@@ -1,0 +1,122 @@
+"""BADIT in the engine, as a rank-2k LoRA with a per-token scale between shrink and expand:
+
+    Δy = [x V_k | x A] · [−S_k | ω] · [U_kᵀ ; s·B]ᵀ        (k = K·r, padded to the engine's k_max)
+
+`ω` repeats each expert's weight over its r components: `w = softmax(G x̄ + mask)` per request segment
+(input routing; x̄ is the segment mean, so prompts are prefilled whole) or a fixed mixture per task.
+Padded experts get a −inf gate mask, padded components zero weights, so padding changes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from adapters.badit.config import BaditConfig
+from adapters.badit.loader import BaditModule
+from adapters.serving.bank import (
+    KindRows,
+    MethodCapacity,
+    ProjectionShape,
+    SlotContents,
+    scatter_add,
+    stacked,
+    tensors_nbytes,
+)
+from adapters.serving.grouped import grouped_matmul
+
+
+class BaditCapacity(MethodCapacity):
+    max_sets: int = Field(default=4, ge=1, description="BADIT set versions resident at once.")
+    max_rank: int = Field(default=32, ge=1, description="Largest K·r (triplets split into experts) a slot holds.")
+    max_experts: int = Field(default=8, ge=1, description="Largest number of experts K a slot holds.")
+    max_tasks: int = Field(default=64, ge=1, description="Task mixtures of all resident task-routed sets together.")
+
+
+def capacity_limits(capacity: BaditCapacity, config: BaditConfig, n_tasks: int) -> list[tuple[str, int, int]]:
+    return [
+        ("max_badit_rank", config.top_k, capacity.max_rank),
+        ("max_badit_experts", config.num_experts, capacity.max_experts),
+    ]
+
+
+def task_rows_needed(config: BaditConfig, n_tasks: int) -> int:
+    return n_tasks if config.routing == "task" else 0
+
+
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of the rows of `x` (n, in) per segment id → (num_segments, in)."""
+    sums = x.new_zeros(num_segments, x.shape[1]).index_add_(0, segment, x)
+    counts = torch.bincount(segment, minlength=num_segments).to(x.dtype).unsqueeze(1)
+    return sums / counts
+
+
+class BaditBank:
+    replaces_base = False
+
+    def __init__(self, capacity: BaditCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
+        slots, k, K = capacity.max_sets, capacity.max_rank, capacity.max_experts
+        self.k_max = k
+        self.W_in = stacked(slots, shape.in_features, 2 * k, device=device, dtype=dtype)  # (slots, in, 2k) [V_k | Aᵀ]
+        self.W_out = stacked(slots, 2 * k, shape.out_features, device=device, dtype=dtype)  # (slots, 2k, out) [U_kᵀ ; s·Bᵀ]
+        self.neg_S = stacked(slots, k, device=device, dtype=dtype)  # (slots, k) −S_k
+        self.G_t = stacked(slots, shape.in_features, K, device=device, dtype=dtype)  # (slots, in, K)
+        self.gate_mask = torch.full((slots, K), float("-inf"), device=device, dtype=dtype)  # (slots, K)
+        self.expert_of = torch.zeros(slots, k, device=device, dtype=torch.long)  # (slots, k) component → expert
+        self.input_routed = torch.zeros(slots, device=device, dtype=torch.bool)  # (slots,)
+        self.mixtures = stacked(capacity.max_tasks, K, device=device, dtype=dtype)  # (task rows, K)
+
+    def write(self, slot: int, contents: SlotContents) -> int:
+        module: BaditModule = contents.module
+        k, K, r = module.num_experts * module.expert_rank, module.num_experts, module.expert_rank
+        top = contents.base_factors().top(k)
+        self.clear(slot)
+        self.W_in[slot, :, :k].copy_(top.V)
+        self.W_in[slot, :, self.k_max : self.k_max + k].copy_(module.A.T)
+        self.W_out[slot, :k].copy_(top.U.T)
+        self.W_out[slot, self.k_max : self.k_max + k].copy_(module.B.to(torch.float32).T * module.scale)
+        self.neg_S[slot, :k].copy_(-top.S)
+        self.expert_of[slot, :k].copy_(torch.arange(k) // r)
+        if module.G is not None:
+            self.G_t[slot, :, :K].copy_(module.G.T)
+            self.gate_mask[slot, :K] = 0.0
+            self.input_routed[slot] = True
+        else:
+            mixtures = torch.zeros(module.task_mixture.shape[0], self.mixtures.shape[1], dtype=self.mixtures.dtype)
+            mixtures[:, :K] = module.task_mixture
+            self.mixtures.index_copy_(0, contents.task_rows, mixtures)
+        routing = module.G if module.G is not None else module.task_mixture
+        return tensors_nbytes(top.V, top.U, top.S, module.A, module.B, routing, dtype=self.W_in.dtype)
+
+    def clear(self, slot: int) -> None:
+        for weights in (self.W_in, self.W_out, self.neg_S, self.G_t, self.expert_of):
+            weights[slot].zero_()
+        self.gate_mask[slot] = float("-inf")
+        self.input_routed[slot] = False
+
+    def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
+        xs = rows.take(x).to(self.W_in.dtype)  # (n, in)
+        experts = torch.where(
+            self.input_routed.index_select(0, rows.slot).unsqueeze(1),
+            self._input_gate(xs, rows),
+            self.mixtures.index_select(0, rows.task_row),
+        )  # (n, K)
+        omega = experts.gather(1, self.expert_of.index_select(0, rows.slot))  # (n, k)
+        scale = torch.cat([self.neg_S.index_select(0, rows.slot), omega], dim=1)  # (n, 2k)
+        shrunk = grouped_matmul(xs, self.W_in, rows.ends) * scale  # (n, 2k)
+        scatter_add(columns, rows, grouped_matmul(shrunk, self.W_out, rows.ends))  # (n, out)
+
+    def _input_gate(self, xs: torch.Tensor, rows: KindRows) -> torch.Tensor:
+        """softmax(G x̄ + mask) of each row's segment (n, K); rows of task-routed slots get unused values."""
+        means = segment_mean(xs, rows.segment, rows.num_segments)  # (segments, in)
+        logits = grouped_matmul(means, self.G_t, rows.segment_ends)  # (segments, K)
+        segment_slot = torch.zeros(rows.num_segments, dtype=torch.long, device=xs.device).index_copy_(
+            0, rows.segment, rows.slot
+        )  # (segments,)
+        logits = logits + self.gate_mask.index_select(0, segment_slot)
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # task-routed slots: all −inf → 0
+        return weights.index_select(0, rows.segment)  # (n, K)
+
+    @property
+    def nbytes(self) -> int:
+        return tensors_nbytes(self.W_in, self.W_out, self.neg_S, self.G_t, self.gate_mask, self.expert_of, self.mixtures)

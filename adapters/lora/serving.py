@@ -1,0 +1,60 @@
+"""LoRA in the engine: `A[slot] (in, r_max)`, `B[slot] (r_max, out)` stacked over slots, scaling folded
+into B and ranks zero-padded to the engine's maximum; one grouped shrink and one grouped expand."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from adapters.lora.config import LoraConfig
+from adapters.lora.loader import LoraModule
+from adapters.serving.bank import (
+    KindRows,
+    MethodCapacity,
+    ProjectionShape,
+    SlotContents,
+    scatter_add,
+    stacked,
+    tensors_nbytes,
+)
+from adapters.serving.grouped import grouped_matmul
+
+
+class LoraCapacity(MethodCapacity):
+    max_sets: int = Field(default=16, ge=1, description="LoRA adapters resident at once.")
+    max_rank: int = Field(default=16, ge=1, description="Largest LoRA rank a slot holds.")
+
+
+def capacity_limits(capacity: LoraCapacity, config: LoraConfig, n_tasks: int) -> list[tuple[str, int, int]]:
+    """(limit name, needed, capacity) of every per-set limit."""
+    return [("max_lora_rank", config.rank, capacity.max_rank)]
+
+
+class LoraBank:
+    replaces_base = False
+
+    def __init__(self, capacity: LoraCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
+        r = capacity.max_rank
+        self.A_t = stacked(capacity.max_sets, shape.in_features, r, device=device, dtype=dtype)  # (slots, in, r)
+        self.B_t = stacked(capacity.max_sets, r, shape.out_features, device=device, dtype=dtype)  # (slots, r, out)
+
+    def write(self, slot: int, contents: SlotContents) -> int:
+        module: LoraModule = contents.module
+        r = module.A.shape[0]
+        self.clear(slot)
+        self.A_t[slot, :, :r].copy_(module.A.T)
+        self.B_t[slot, :r].copy_(module.B.to(torch.float32).T * module.scaling)
+        return tensors_nbytes(module.A, module.B, dtype=self.A_t.dtype)
+
+    def clear(self, slot: int) -> None:
+        self.A_t[slot].zero_()
+        self.B_t[slot].zero_()
+
+    def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
+        xs = rows.take(x).to(self.A_t.dtype)  # (n, in)
+        shrunk = grouped_matmul(xs, self.A_t, rows.ends)  # (n, r)
+        scatter_add(columns, rows, grouped_matmul(shrunk, self.B_t, rows.ends))  # (n, out)
+
+    @property
+    def nbytes(self) -> int:
+        return tensors_nbytes(self.A_t, self.B_t)

@@ -1,0 +1,100 @@
+"""MoORE in the engine. For the rows of all MoORE slots at once:
+
+    z = x V − (x Ŷ[slot]) P[slot]                     x V shared by every set on this base
+    g = ReLU(S + C[task row] + (x G[slot]ᵀ) G_up[slot]ᵀ)
+    y = (z ⊙ g) Uᵀ                                      replaces the base output of these rows
+
+Per-slot parts are stacked over slots (Householder count and router width zero-padded to the engine's
+maxima: exact) and run as grouped products; task vectors `c_t = T·Emb[t]` live in one pool of task
+rows shared by all MoORE slots, so a set pays only its rows per task.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from adapters.moore.config import MooreConfig
+from adapters.moore.loader import MooreModule
+from adapters.moore.math import rotation_correction
+from adapters.serving.bank import (
+    KindRows,
+    MethodCapacity,
+    ProjectionShape,
+    SlotContents,
+    scatter_set,
+    stacked,
+    tensors_nbytes,
+)
+from adapters.serving.factors import SharedFactors
+from adapters.serving.grouped import grouped_matmul
+
+
+class MooreCapacity(MethodCapacity):
+    max_sets: int = Field(default=2, ge=1, description="MoORE set versions resident at once.")
+    max_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
+    max_householder: int = Field(default=8, ge=1, description="Largest Householder count h a slot holds.")
+    max_router_width: int = Field(default=128, ge=1, description="Largest router width E a slot holds.")
+
+
+def capacity_limits(capacity: MooreCapacity, config: MooreConfig, n_tasks: int) -> list[tuple[str, int, int]]:
+    return [
+        ("max_moore_householder", config.householder_count, capacity.max_householder),
+        ("max_moore_router_width", config.router_width, capacity.max_router_width),
+        ("max_moore_tasks", n_tasks, capacity.max_tasks),
+    ]
+
+
+def task_rows_needed(config: MooreConfig, n_tasks: int) -> int:
+    return n_tasks
+
+
+class MooreBank:
+    replaces_base = True
+
+    def __init__(
+        self,
+        capacity: MooreCapacity,
+        shape: ProjectionShape,
+        device: torch.device,
+        dtype: torch.dtype,
+        shared: SharedFactors,
+    ) -> None:
+        slots, h, E, d = capacity.max_sets, capacity.max_householder, capacity.max_router_width, shape.rank
+        self.shared = shared
+        self.Y_hat = stacked(slots, shape.in_features, h, device=device, dtype=dtype)  # (slots, in, h)
+        self.P = stacked(slots, h, d, device=device, dtype=dtype)  # (slots, h, d)
+        self.G_t = stacked(slots, shape.in_features, E, device=device, dtype=dtype)  # (slots, in, E)
+        self.G_up_t = stacked(slots, E, d, device=device, dtype=dtype)  # (slots, E, d)
+        self.C = stacked(capacity.max_tasks, d, device=device, dtype=dtype)  # (task rows, d)
+
+    def write(self, slot: int, contents: SlotContents) -> int:
+        module: MooreModule = contents.module
+        Y_hat_t, P = rotation_correction(module.Y, contents.base_factors().V)  # (in, h), (h, d)
+        h, E = Y_hat_t.shape[1], module.G.shape[0]
+        C = module.task_vectors()  # (n_tasks, d)
+        self.clear(slot)
+        self.Y_hat[slot, :, :h].copy_(Y_hat_t)
+        self.P[slot, :h].copy_(P)
+        self.G_t[slot, :, :E].copy_(module.G.T)
+        self.G_up_t[slot, :E].copy_(module.G_up.T)
+        self.C.index_copy_(0, contents.task_rows, C.to(self.C.dtype))
+        return tensors_nbytes(Y_hat_t, P, module.G, module.G_up, C, dtype=self.G_t.dtype)
+
+    def clear(self, slot: int) -> None:
+        for weights in (self.Y_hat, self.P, self.G_t, self.G_up_t):
+            weights[slot].zero_()
+
+    def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
+        factors = self.shared.current()
+        xs = rows.take(x)  # (n, in), model dtype
+        xc = xs.to(self.G_t.dtype)
+        z = factors.project_in(xs).to(xc.dtype)  # (n, d)
+        z = z - grouped_matmul(grouped_matmul(xc, self.Y_hat, rows.ends), self.P, rows.ends)  # rank-h rotation
+        router = grouped_matmul(grouped_matmul(xc, self.G_t, rows.ends), self.G_up_t, rows.ends)  # (n, d)
+        gate = torch.relu(router + self.C.index_select(0, rows.task_row) + factors.S)  # (n, d)
+        scatter_set(columns, rows, factors.project_out((z * gate).to(x.dtype)))  # (n, out)
+
+    @property
+    def nbytes(self) -> int:
+        return tensors_nbytes(self.Y_hat, self.P, self.G_t, self.G_up_t, self.C)

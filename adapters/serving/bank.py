@@ -1,0 +1,124 @@
+"""What every method's serving bank looks like, and the per-step rows a bank reads.
+
+A *bank* holds one method's serving weights for one base projection, for every slot of that method at
+once, in preallocated stacked tensors (`weights[slot, ...]`). Loading a set writes its slot in place;
+unloading zeroes it. At each step a bank receives the rows of its method, sorted by slot, and runs
+one grouped pass for all slots, whatever their number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MethodCapacity(BaseModel):
+    """Fixed capacity of one method inside an engine; each method extends it with its own limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_sets: int = Field(default=4, ge=1, description="Set versions of this method resident at once.")
+
+
+@dataclass(frozen=True)
+class ProjectionShape:
+    in_features: int
+    out_features: int
+
+    @property
+    def rank(self) -> int:
+        return min(self.in_features, self.out_features)
+
+
+@dataclass(frozen=True)
+class KindRows:
+    """The rows of one method in this step, sorted by slot (device tensors, except the counts)."""
+
+    rows: torch.Tensor  # (n,) int64 batch row of each sorted row
+    ends: torch.Tensor  # (slots,) int32 cumulative row count per slot
+    slot: torch.Tensor  # (n,) int64 slot of each sorted row
+    task_row: torch.Tensor  # (n,) int64 row of the method's task pool
+    segment: torch.Tensor  # (n,) int64 request segment, numbered in sorted order
+    segment_ends: torch.Tensor  # (slots,) int32 cumulative segment count per slot
+    num_rows: int
+    num_segments: int
+    covers_batch: bool  # rows are exactly 0..n-1 of the batch: no gather or scatter needed
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.covers_batch else x.index_select(0, self.rows)
+
+
+@dataclass(frozen=True)
+class SlotContents:
+    """What a bank needs to fill one slot for one projection."""
+
+    module: Any  # the method's per-module view (adapters/<method>/loader.py)
+    config: Any  # the method's config (hyper-parameters)
+    task_rows: torch.Tensor  # (n_tasks,) int64 row of each of the set's tasks in the method's task pool
+    base_factors: Callable[[], Any]  # () -> SvdFactors of this projection (fp32), read on demand
+
+
+class ProjectionBank(Protocol):
+    replaces_base: bool  # True: the bank writes its rows' whole output; False: it adds a change
+
+    def write(self, slot: int, contents: SlotContents) -> int:
+        """Fill `slot`; returns the bytes of the set's own weights written (padding excluded)."""
+
+    def clear(self, slot: int) -> None: ...
+
+    def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
+        """Write (or add) the output columns of this projection for `rows` of `x`."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+def compute_dtype(device: torch.device, model_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of adapter weights and their products. CPUs without half-precision matmul units run small
+    bf16/fp16 products tens of times slower than fp32, so CPU banks are fp32; accelerators keep the model's."""
+    return torch.float32 if device.type == "cpu" else model_dtype
+
+
+def stacked(slots: int, *shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(slots, *shape, device=device, dtype=dtype)
+
+
+def tensors_nbytes(*tensors: torch.Tensor, dtype: torch.dtype | None = None) -> int:
+    """Bytes of `tensors`, as stored in `dtype` when given."""
+    return sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors)
+
+
+def scatter_add(columns: torch.Tensor, rows: KindRows, delta: torch.Tensor) -> None:
+    """columns[rows] += delta, through a contiguous buffer (indexed adds into a strided view are slow)."""
+    if rows.covers_batch:
+        columns.add_(delta.to(columns.dtype))
+        return
+    dense = columns.new_zeros(columns.shape)
+    dense.index_copy_(0, rows.rows, delta.to(columns.dtype))
+    columns.add_(dense)
+
+
+def scatter_set(columns: torch.Tensor, rows: KindRows, values: torch.Tensor) -> None:
+    """columns[rows] = values."""
+    if rows.covers_batch:
+        columns.copy_(values)
+    else:
+        columns.index_copy_(0, rows.rows, values.to(columns.dtype))
+
+
+@dataclass(frozen=True)
+class MethodServing:
+    """How a method runs inside the engine; registered with the method's `MethodSpec`."""
+
+    capacity_cls: type[MethodCapacity]
+    # (capacity, shape, device, compute dtype, shared factors of the projection) -> bank
+    make_bank: Callable[..., ProjectionBank]
+    # (capacity, config, n_tasks) -> [(limit name, needed, capacity)]
+    capacity_limits: Callable[..., list[tuple[str, int, int]]]
+    # (config, n_tasks) -> rows the set takes in the method's task pool
+    task_rows_needed: Callable[..., int] = lambda config, n_tasks: 0
+    shares_base_factors: bool = False  # holds the base U, S, V once per engine (MoORE)

@@ -1,0 +1,34 @@
+"""Segmented matmul: rows sorted by adapter slot, one weight matrix per slot, one call for all slots."""
+
+from __future__ import annotations
+
+import torch
+
+_HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+
+
+def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """`out[rows of slot s] = x[rows of slot s] @ weights[s]` for rows sorted by slot.
+
+    x (n, a), weights (slots, a, b), ends (slots,) int32: cumulative row counts (slot s owns rows
+    ends[s-1]..ends[s]-1; empty slots repeat the previous end). Returns (n, b).
+    """
+    if _HAS_GROUPED_MM and _grouped_mm_supports(x):
+        return torch._grouped_mm(x, weights, offs=ends)
+    return grouped_matmul_reference(x, weights, ends)
+
+
+def grouped_matmul_reference(x: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """The same product, one slot at a time (the definition; also the fallback where no kernel exists)."""
+    out = x.new_zeros(x.shape[0], weights.shape[2])
+    start = 0
+    for slot, end in enumerate(ends.tolist()):
+        if end > start:
+            out[start:end] = x[start:end] @ weights[slot]
+        start = end
+    return out
+
+
+def _grouped_mm_supports(x: torch.Tensor) -> bool:
+    # The CPU kernel takes any float dtype; CUDA's needs bf16 on recent GPUs, so other cases fall back.
+    return x.device.type == "cpu" or (x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9)

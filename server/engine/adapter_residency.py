@@ -1,0 +1,167 @@
+"""Resident adapter sets inside one engine worker: the fixed-capacity banks of every adapted layer,
+which set version holds which bank slot and task rows, and the routing of the current step.
+
+Built when the model loads (before compilation), from the capacity the engine was started with.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from adapters.format import read_validated_set
+from adapters.registry import get_method
+from adapters.serving.bank import MethodCapacity, ProjectionBank, ProjectionShape, SlotContents, compute_dtype
+from adapters.serving.factors import ProductFactory, SharedFactors
+from adapters.svd_cache import BaseFactors
+from router.heap import release_freed_memory
+from router.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
+from server.engine.adapted_linear import AdaptedLinear, Projection
+
+
+class CapacityExceeded(RuntimeError):
+    """A set does not fit the engine's adapter capacity."""
+
+
+class TaskRowPool:
+    """Rows of a method's task pool (task vectors, mixtures); a set's rows need not be contiguous."""
+
+    def __init__(self, size: int) -> None:
+        self._used = np.zeros(size, dtype=bool)
+
+    def allocate(self, count: int) -> tuple[int, ...]:
+        rows = np.flatnonzero(~self._used)[:count]
+        if rows.size < count:
+            raise CapacityExceeded(f"{count} task rows needed, {rows.size} of {self._used.size} free")
+        self._used[rows] = True
+        return tuple(int(row) for row in rows)
+
+    def free(self, rows: tuple[int, ...]) -> None:
+        self._used[list(rows)] = False
+
+
+class WorkerAdapters:
+    def __init__(
+        self,
+        linears: Iterable[tuple[int, torch.nn.Module, list[Projection], int, Callable[[AdaptedLinear], None]]],
+        capacities: Mapping[str, MethodCapacity],
+        device: torch.device,
+        model_dtype: torch.dtype,
+        max_tokens: int,
+        product: ProductFactory,
+        base_forward: Callable,
+        pack_output: Callable,
+    ) -> None:
+        """`linears`: (layer index, base layer, its projections, its input features, a function that puts
+        the adapted layer in the base layer's place)."""
+        self.capacities = dict(capacities)
+        self.slots_per_kind = {kind: capacity.max_sets for kind, capacity in self.capacities.items()}
+        self.device = device
+        dtype = compute_dtype(device, model_dtype)
+        self.shared: dict[tuple[int, str], SharedFactors] = {}
+        self.layers: dict[tuple[int, str], AdaptedLinear] = {}  # (layer, projection) → layer holding it
+        for layer_index, base_layer, projections, in_features, install in linears:
+            banks: dict[str, dict[str, ProjectionBank]] = {}
+            for kind, capacity in self.capacities.items():
+                serving = get_method(kind).serving
+                banks[kind] = {}
+                for p in projections:
+                    shared = self.shared.setdefault((layer_index, p.name), SharedFactors(model_dtype, dtype, device, product))
+                    banks[kind][p.name] = serving.make_bank(capacity, ProjectionShape(in_features, p.size), device, dtype, shared)
+            adapted = AdaptedLinear(
+                base_layer, layer_index, projections, banks, self.slots_per_kind, lambda: self.routing, base_forward, pack_output
+            )
+            install(adapted)
+            for p in projections:
+                self.layers[(layer_index, p.name)] = adapted
+        self.free_slots = {kind: list(range(n)) for kind, n in self.slots_per_kind.items()}
+        self.task_rows = {kind: TaskRowPool(getattr(c, "max_tasks", 0)) for kind, c in self.capacities.items()}
+        self.entries: dict[int, ResidentEntry] = {}
+        self.entry_bytes: dict[int, int] = {}
+        self.buffers = StepBuffers(max_tokens, self.slots_per_kind, device)
+        self.routing: StepRouting | None = None
+
+    # --- residency -------------------------------------------------------------------------------
+
+    def load(self, slot_id: int, set_dir: pathlib.Path, factors_dir: pathlib.Path | None) -> int:
+        """Write one validated set version into a free bank slot of its method; returns its bytes."""
+        adapter_set = read_validated_set(set_dir)
+        kind, method = adapter_set.kind, adapter_set.method
+        if kind not in self.capacities:
+            raise CapacityExceeded(f"this engine has no capacity for {kind} sets")
+        if not self.free_slots[kind]:
+            raise CapacityExceeded(f"all {self.slots_per_kind[kind]} {kind} slots are in use")
+        task_rows = self.task_rows[kind].allocate(method.serving.task_rows_needed(adapter_set.config, len(adapter_set.tasks)))
+        rows_tensor = torch.tensor(task_rows, dtype=torch.long, device=self.device)
+        bank_slot = self.free_slots[kind].pop(0)
+        factors = BaseFactors(factors_dir) if factors_dir is not None else None
+        nbytes = 0
+        for layer, proj, module in adapter_set.modules():
+            def base_factors(layer: int = layer, proj: str = proj):
+                return factors.get(layer, proj)
+
+            if method.serving.shares_base_factors:
+                self.shared[(layer, proj)].hold(base_factors)
+            adapted = self.layers[(layer, proj)]
+            nbytes += adapted.banks[kind][proj].write(bank_slot, SlotContents(module, adapter_set.config, rows_tensor, base_factors))
+            adapted.mark(kind, bank_slot, proj, True)
+        self.entries[slot_id] = ResidentEntry(kind, bank_slot, task_rows)
+        self.entry_bytes[slot_id] = nbytes
+        return nbytes
+
+    def unload(self, slot_id: int) -> int:
+        """Free a set version's bank slot and task rows, and base factors no resident set needs. Returns
+        the bytes no longer used."""
+        entry = self.entries.pop(slot_id, None)
+        if entry is None:
+            return 0
+        freed = self.entry_bytes.pop(slot_id)
+        for (layer, proj), adapted in self.layers.items():
+            if adapted.targets[entry.kind][proj][entry.bank_slot]:
+                adapted.banks[entry.kind][proj].clear(entry.bank_slot)
+                adapted.mark(entry.kind, entry.bank_slot, proj, False)
+        self.free_slots[entry.kind].append(entry.bank_slot)
+        self.task_rows[entry.kind].free(entry.task_rows)
+        freed += self._release_unneeded_factors()
+        release_freed_memory()
+        return freed
+
+    def _release_unneeded_factors(self) -> int:
+        needed = {
+            key
+            for key, adapted in self.layers.items()
+            for kind, by_proj in adapted.targets.items()
+            if get_method(kind).serving.shares_base_factors and by_proj[key[1]].any()
+        }
+        return sum(shared.release() for key, shared in self.shared.items() if key not in needed)
+
+    def resident_bytes(self) -> dict[str, int]:
+        banks = {id(b): b for adapted in self.layers.values() for by_proj in adapted.banks.values() for b in by_proj.values()}
+        return {
+            "slots": sum(self.entry_bytes.values()),
+            "capacity": sum(b.nbytes for b in banks.values()),
+            "base_factors": sum(shared.nbytes for shared in self.shared.values()),
+        }
+
+    # --- per step --------------------------------------------------------------------------------
+
+    def begin_step(self, routes: list[RequestRoute | None], num_scheduled_tokens: np.ndarray) -> None:
+        if not any(routes):
+            self.routing = None
+            return
+        host = build_host_rows(routes, num_scheduled_tokens, self._entry, self.slots_per_kind)
+        n = int(np.asarray(num_scheduled_tokens).sum())
+        kinds = {kind: self.buffers.publish(kind, rows, n) for kind, rows in host.items()}
+        self.routing = StepRouting(n, self.device, self.slots_per_kind, kinds, host)
+
+    def end_step(self) -> None:
+        self.routing = None
+
+    def _entry(self, slot_id: int) -> ResidentEntry:
+        entry = self.entries.get(slot_id)
+        if entry is None:
+            raise RuntimeError(f"a request is routed to adapter slot {slot_id}, which is not resident")
+        return entry

@@ -1,0 +1,62 @@
+"""The adapter capacity an engine is started with: per method, how many set versions it holds and the
+largest shapes a slot takes. It sizes the banks every worker preallocates, decides the engine options
+adapters need, and refuses (507) a set that does not fit, before anything is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.manifest import Manifest
+from adapters.registry import get_method
+from adapters.serving.bank import MethodCapacity
+from router.errors import AdapterCapacityExceeded
+
+WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
+CAPACITY_KEY = "orthoserve"
+_MIN_BATCHED_TOKENS = 2048
+_WHOLE_PROMPT_KINDS = ("badit",)  # prefill routing averages over the whole prompt: no chunked prefill
+
+
+@dataclass(frozen=True)
+class AdapterCapacity:
+    methods: Mapping[str, MethodCapacity]  # kind → capacity; no entry: the engine serves no such sets
+
+    @classmethod
+    def build(cls, fields: Mapping[str, Mapping[str, Any]]) -> AdapterCapacity:
+        return cls({kind: get_method(kind).serving.capacity_cls(**values) for kind, values in fields.items()})
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.methods)
+
+    def engine_options(self, max_model_len: int) -> dict[str, Any]:
+        """Engine arguments for this capacity: none without adapters (the stock engine); otherwise the
+        capacity for the workers and, with BADIT capacity, whole-prompt prefill."""
+        if not self.enabled:
+            return {}
+        options: dict[str, Any] = {
+            "worker_extension_cls": WORKER_EXTENSION,
+            "additional_config": {CAPACITY_KEY: {kind: c.model_dump() for kind, c in self.methods.items()}},
+        }
+        if any(kind in self.methods for kind in _WHOLE_PROMPT_KINDS):
+            options["enable_chunked_prefill"] = False
+            options["max_num_batched_tokens"] = max(max_model_len, _MIN_BATCHED_TOKENS)
+        return options
+
+    def check_fits(self, manifest: Manifest, resident_of_kind: int) -> None:
+        """Raise AdapterCapacityExceeded naming the limit a set of `manifest` would exceed."""
+        kind = manifest.kind
+        capacity = self.methods.get(kind)
+        if capacity is None:
+            raise AdapterCapacityExceeded(f"This server was started without capacity for {kind} sets.")
+        if resident_of_kind >= capacity.max_sets:
+            raise AdapterCapacityExceeded(
+                f"All {capacity.max_sets} {kind} slots are in use (max_{kind}_sets = {capacity.max_sets}); "
+                "unload a set or start the server with more."
+            )
+        config = manifest.method_config()
+        for limit, needed, allowed in get_method(kind).serving.capacity_limits(capacity, config, len(manifest.tasks)):
+            if needed > allowed:
+                raise AdapterCapacityExceeded(f"The {kind} set needs {limit} = {needed}; this server allows {allowed}.")
