@@ -55,7 +55,7 @@ async def _start_registry(settings: Settings, engine: EngineService, observer: R
     """The adapter registry on the running engine, with the sets of `--adapter-sets` loaded."""
     base = await asyncio.to_thread(describe_base_model, engine.model_dir)
     registry = AdapterRegistry(
-        AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir),
+        AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir, engine.capacity),
         AdapterSetValidator(base, engine.engine.model_config.dtype),
         engine.served_model_name,
         roots=AdapterRoots(settings.adapter_roots),

@@ -60,6 +60,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes of engine memory resident adapter sets may occupy; a load that does not fit is refused.",
     )
+    enforce_eager: bool = Field(
+        default=True,
+        description="Run the model eagerly; false lets vLLM compile it (torch.compile), which starts slower.",
+    )
+    adapter_kinds: list[str] = Field(
+        default_factory=lambda: ["moore", "badit", "lora"],
+        description="Adapter methods the engine reserves capacity for; an empty list serves the stock model only. "
+        "Without badit, vLLM keeps chunked prefill.",
+    )
+    max_adapter_sets: int | None = Field(
+        default=None, ge=1, description="Set versions resident at once, per method (a replace holds two); unset: each method's default."
+    )
+    max_moore_sets: int | None = Field(default=None, ge=1, description="MoORE set versions resident at once (default 2).")
+    max_badit_sets: int | None = Field(default=None, ge=1, description="BADIT set versions resident at once (default 4).")
+    max_lora_sets: int | None = Field(default=None, ge=1, description="LoRA adapters resident at once (default 16).")
+    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank a slot holds.")
+    max_moore_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
+    max_moore_householder: int = Field(default=8, ge=1, description="Largest MoORE Householder count h.")
+    max_moore_router_width: int = Field(default=128, ge=1, description="Largest MoORE router width E.")
+    max_badit_rank: int = Field(default=32, ge=1, description="Largest BADIT K·r (top triplets split into experts).")
+    max_badit_experts: int = Field(default=8, ge=1, description="Largest BADIT expert count K.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     metrics_max_tasks: int = Field(
         default=DEFAULT_MAX_TASKS,

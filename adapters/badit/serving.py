@@ -19,6 +19,7 @@ from adapters.serving.bank import (
     MethodCapacity,
     ProjectionShape,
     SlotContents,
+    aligned,
     scatter_add,
     stacked,
     tensors_nbytes,
@@ -55,7 +56,7 @@ class BaditBank:
     replaces_base = False
 
     def __init__(self, capacity: BaditCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
-        slots, k, K = capacity.max_sets, capacity.max_rank, capacity.max_experts
+        slots, k, K = capacity.max_sets, aligned(capacity.max_rank), aligned(capacity.max_experts)
         self.k_max = k
         self.W_in = stacked(slots, shape.in_features, 2 * k, device=device, dtype=dtype)  # (slots, in, 2k) [V_k | Aᵀ]
         self.W_out = stacked(slots, 2 * k, shape.out_features, device=device, dtype=dtype)  # (slots, 2k, out) [U_kᵀ ; s·Bᵀ]

@@ -13,6 +13,7 @@ from adapters.serving.bank import (
     MethodCapacity,
     ProjectionShape,
     SlotContents,
+    aligned,
     scatter_add,
     stacked,
     tensors_nbytes,
@@ -34,7 +35,7 @@ class LoraBank:
     replaces_base = False
 
     def __init__(self, capacity: LoraCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
-        r = capacity.max_rank
+        r = aligned(capacity.max_rank)
         self.A_t = stacked(capacity.max_sets, shape.in_features, r, device=device, dtype=dtype)  # (slots, in, r)
         self.B_t = stacked(capacity.max_sets, r, shape.out_features, device=device, dtype=dtype)  # (slots, r, out)
 

@@ -22,6 +22,7 @@ from adapters.serving.bank import (
     MethodCapacity,
     ProjectionShape,
     SlotContents,
+    aligned,
     scatter_set,
     stacked,
     tensors_nbytes,
@@ -60,7 +61,7 @@ class MooreBank:
         dtype: torch.dtype,
         shared: SharedFactors,
     ) -> None:
-        slots, h, E, d = capacity.max_sets, capacity.max_householder, capacity.max_router_width, shape.rank
+        slots, h, E, d = capacity.max_sets, aligned(capacity.max_householder), aligned(capacity.max_router_width), shape.rank
         self.shared = shared
         self.Y_hat = stacked(slots, shape.in_features, h, device=device, dtype=dtype)  # (slots, in, h)
         self.P = stacked(slots, h, d, device=device, dtype=dtype)  # (slots, h, d)

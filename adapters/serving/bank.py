@@ -87,6 +87,12 @@ def stacked(slots: int, *shape: int, device: torch.device, dtype: torch.dtype) -
     return torch.zeros(slots, *shape, device=device, dtype=dtype)
 
 
+def aligned(size: int) -> int:
+    """`size` rounded up to a multiple of 8, so rows of every dtype are 16-byte aligned (grouped kernels
+    need it); the padding holds zeros and changes nothing."""
+    return -(-size // 8) * 8
+
+
 def tensors_nbytes(*tensors: torch.Tensor, dtype: torch.dtype | None = None) -> int:
     """Bytes of `tensors`, as stored in `dtype` when given."""
     return sum(t.numel() * (dtype or t.dtype).itemsize for t in tensors)

@@ -13,7 +13,7 @@ def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -
     x (n, a), weights (slots, a, b), ends (slots,) int32: cumulative row counts (slot s owns rows
     ends[s-1]..ends[s]-1; empty slots repeat the previous end). Returns (n, b).
     """
-    if _HAS_GROUPED_MM and _grouped_mm_supports(x):
+    if _HAS_GROUPED_MM and _grouped_mm_supports(x, weights):
         return torch._grouped_mm(x, weights, offs=ends)
     return grouped_matmul_reference(x, weights, ends)
 
@@ -29,6 +29,9 @@ def grouped_matmul_reference(x: torch.Tensor, weights: torch.Tensor, ends: torch
     return out
 
 
-def _grouped_mm_supports(x: torch.Tensor) -> bool:
-    # The CPU kernel takes any float dtype; CUDA's needs bf16 on recent GPUs, so other cases fall back.
+def _grouped_mm_supports(x: torch.Tensor, weights: torch.Tensor) -> bool:
+    # The kernels need 16-byte aligned rows; the CPU one takes any float dtype, CUDA's bf16 on recent GPUs.
+    aligned = all((size * x.element_size()) % 16 == 0 for size in (x.shape[1], weights.shape[1], weights.shape[2]))
+    if not aligned or not x.is_contiguous():
+        return False
     return x.device.type == "cpu" or (x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9)

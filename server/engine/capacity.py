@@ -12,6 +12,7 @@ from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.serving.bank import MethodCapacity
 from router.errors import AdapterCapacityExceeded
+from server.settings import Settings
 
 WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
 CAPACITY_KEY = "orthoserve"
@@ -60,3 +61,27 @@ class AdapterCapacity:
         for limit, needed, allowed in get_method(kind).serving.capacity_limits(capacity, config, len(manifest.tasks)):
             if needed > allowed:
                 raise AdapterCapacityExceeded(f"The {kind} set needs {limit} = {needed}; this server allows {allowed}.")
+
+
+def capacity_from_settings(settings: Settings) -> AdapterCapacity:
+    """Capacity for the methods in `adapter_kinds`, when the server can load sets at all (an admin
+    API or start-up sets); otherwise none, and the engine is the stock model."""
+    if not (settings.admin_token or settings.adapter_sets):
+        return AdapterCapacity({})
+    per_kind = {
+        "moore": {
+            "max_sets": settings.max_moore_sets or settings.max_adapter_sets,
+            "max_tasks": settings.max_moore_tasks,
+            "max_householder": settings.max_moore_householder,
+            "max_router_width": settings.max_moore_router_width,
+        },
+        "badit": {
+            "max_sets": settings.max_badit_sets or settings.max_adapter_sets,
+            "max_rank": settings.max_badit_rank,
+            "max_experts": settings.max_badit_experts,
+        },
+        "lora": {"max_sets": settings.max_lora_sets or settings.max_adapter_sets, "max_rank": settings.max_lora_rank},
+    }
+    return AdapterCapacity.build(
+        {kind: {k: v for k, v in fields.items() if v is not None} for kind, fields in per_kind.items() if kind in settings.adapter_kinds}
+    )

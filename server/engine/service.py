@@ -22,7 +22,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from router.resident import Lease
 from router.target import RouteTarget
 from server.engine import vllm_compat as vc
-from server.engine.adapter_backend import EngineRouting, adapter_engine_options, model_context_length, request_routing
+from server.engine.adapter_backend import EngineRouting, model_context_length, request_routing
+from server.engine.capacity import AdapterCapacity, capacity_from_settings
 from server.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
@@ -93,6 +94,7 @@ class EngineService:
         self.lifecycle = RequestLifecycle()
         self._engine: vc.AsyncLLM | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.capacity: AdapterCapacity = capacity_from_settings(settings)
         self.max_model_len = 0
         self.start_seconds: float | None = None
 
@@ -107,10 +109,10 @@ class EngineService:
             max_model_len=settings.max_model_len,
             kv_cache_memory_bytes=int(settings.kv_cache_gib * GiB),
             tensor_parallel_size=settings.tensor_parallel_size,
-            enforce_eager=vc.is_cpu_platform(),
+            enforce_eager=settings.enforce_eager,
             # Stats on: vLLM then stamps each request's queue/prefill/decode times (request metrics).
             disable_log_stats=False,
-            **adapter_engine_options(settings.max_model_len or model_context_length(self.model_dir)),
+            **self.capacity.engine_options(settings.max_model_len or model_context_length(self.model_dir)),
         )
 
     async def start(self) -> None:

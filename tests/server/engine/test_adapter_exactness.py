@@ -1,6 +1,6 @@
 """Served adapters are exact: a mixed batch inside vLLM equals the PyTorch reference, row by row.
 
-One fp32 engine serves base, two tasks of one MoORE set, a second MoORE set, a MoORE set at paper init,
+Each fp32 engine (eager, and compiled by vLLM) serves base, two tasks of one MoORE set, a second MoORE set, a MoORE set at paper init,
 an input-routed and a task-routed BADIT set and a LoRA set, all in one batch.
 """
 
@@ -49,10 +49,18 @@ def set_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd
     return {name: root / name for name in SETS}
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path]):
+@pytest.fixture(scope="module", params=["eager", "compiled"])
+def engine(request: pytest.FixtureRequest, tiny_model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path]):
+    """The same checks run on an eager engine and on one vLLM compiles (torch.compile)."""
     capacity = AdapterCapacity.build({"moore": {"max_sets": 3}, "badit": {}, "lora": {}})
-    engine = OfflineEngine(tiny_model_dir, svd_cache_dir, dtype="float32", max_model_len=256, capacity=capacity)
+    engine = OfflineEngine(
+        tiny_model_dir,
+        svd_cache_dir,
+        dtype="float32",
+        max_model_len=256,
+        capacity=capacity,
+        enforce_eager=request.param == "eager",
+    )
     for slot, name in enumerate(SETS, start=1):
         engine.load(slot, set_dirs[name])
     yield engine
