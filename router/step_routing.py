@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from adapters.serving.bank import KindRows
+from adapters.serving.grouped import Groups
 
 ROUTING_KEY = "orthoserve"
 """Key of a request's routing entry in vLLM's `SamplingParams.extra_args`."""
@@ -54,8 +55,9 @@ class HostKindRows:
     bank_slot: np.ndarray  # (n,)
     task_row: np.ndarray  # (n,)
     segment: np.ndarray  # (n,)
-    ends: np.ndarray  # (slots,) int32
-    segment_ends: np.ndarray  # (slots,) int32
+    ends: np.ndarray  # (listed slots,) int32 cumulative rows per listed slot
+    segment_ends: np.ndarray  # (listed slots,) int32 cumulative segments per listed slot
+    listed: np.ndarray | None  # the listed slots (int64) when only slots with rows are, None: every slot
     num_segments: int
 
 
@@ -84,14 +86,37 @@ def _kind_rows(segments: list[tuple[int, int, int, int]], num_slots: int) -> Hos
     bank = np.array([s[0] for s in segments], dtype=np.int64)
     lengths = np.array([s[2] for s in segments], dtype=np.int64)
     rows = np.concatenate([np.arange(start, start + count) for _, start, count, _ in segments])
-    return HostKindRows(
+    return _grouped(
         rows=rows,
         bank_slot=np.repeat(bank, lengths),
         task_row=np.repeat(np.array([s[3] for s in segments], dtype=np.int64), lengths),
         segment=np.repeat(np.arange(len(segments), dtype=np.int64), lengths),
-        ends=np.cumsum(np.bincount(bank, weights=lengths, minlength=num_slots)).astype(np.int32),
-        segment_ends=np.cumsum(np.bincount(bank, minlength=num_slots)).astype(np.int32),
-        num_segments=len(segments),
+        segment_slot=bank,
+        num_slots=num_slots,
+    )
+
+
+def _grouped(
+    rows: np.ndarray, bank_slot: np.ndarray, task_row: np.ndarray, segment: np.ndarray, segment_slot: np.ndarray, num_slots: int
+) -> HostKindRows:
+    """Rows sorted by slot, with their groups: every slot listed, or only the slots that have rows
+    when they are at most half of all slots (grouped products then skip the empty ones)."""
+    rows_per_slot = np.bincount(bank_slot, minlength=num_slots)
+    segments_per_slot = np.bincount(segment_slot, minlength=num_slots)
+    listed = np.flatnonzero(rows_per_slot)
+    if 2 * listed.size <= num_slots:
+        rows_per_slot, segments_per_slot = rows_per_slot[listed], segments_per_slot[listed]
+    else:
+        listed = None
+    return HostKindRows(
+        rows=rows,
+        bank_slot=bank_slot,
+        task_row=task_row,
+        segment=segment,
+        ends=np.cumsum(rows_per_slot).astype(np.int32),
+        segment_ends=np.cumsum(segments_per_slot).astype(np.int32),
+        listed=listed,
+        num_segments=int(segment_slot.size),
     )
 
 
@@ -110,6 +135,7 @@ class StepBuffers:
                 "segment": tensor(max_tokens, torch.long),
                 "ends": tensor(slots, torch.int32),
                 "segment_ends": tensor(slots, torch.int32),
+                "listed": tensor(slots, torch.long),
             }
             for kind, slots in slots_per_kind.items()
         }
@@ -118,18 +144,21 @@ class StepBuffers:
         buffers = self._buffers[kind]
         views = {}
         for name, buffer in buffers.items():
-            values = torch.from_numpy(getattr(host, name))
+            values = getattr(host, name)
+            if values is None:
+                continue
             view = buffer[: values.shape[0]]
-            view.copy_(values, non_blocking=True)
+            view.copy_(torch.from_numpy(values), non_blocking=True)
             views[name] = view
         n = host.rows.shape[0]
+        listed = views.get("listed")
         return KindRows(
             rows=views["rows"],
-            ends=views["ends"],
+            groups=Groups(views["ends"], listed),
             slot=views["bank_slot"],
             task_row=views["task_row"],
             segment=views["segment"],
-            segment_ends=views["segment_ends"],
+            segment_groups=Groups(views["segment_ends"], listed),
             num_rows=n,
             num_segments=host.num_segments,
             covers_batch=_covers(host.rows, num_tokens),
@@ -139,16 +168,14 @@ class StepBuffers:
 def restrict(host: HostKindRows, keep: np.ndarray, num_slots: int) -> HostKindRows:
     """The rows of `host` where `keep` is True, with segments and slot ends recounted."""
     segments, segment = np.unique(host.segment[keep], return_inverse=True)
-    bank = host.bank_slot[keep]
     first_of_segment = np.searchsorted(host.segment, segments)
-    return HostKindRows(
+    return _grouped(
         rows=host.rows[keep],
-        bank_slot=bank,
+        bank_slot=host.bank_slot[keep],
         task_row=host.task_row[keep],
         segment=segment.astype(np.int64),
-        ends=np.cumsum(np.bincount(bank, minlength=num_slots)).astype(np.int32),
-        segment_ends=np.cumsum(np.bincount(host.bank_slot[first_of_segment], minlength=num_slots)).astype(np.int32),
-        num_segments=len(segments),
+        segment_slot=host.bank_slot[first_of_segment],
+        num_slots=num_slots,
     )
 
 
@@ -157,13 +184,14 @@ def device_rows(host: HostKindRows, num_tokens: int, device: torch.device) -> Ki
         return torch.from_numpy(values).to(device, non_blocking=True)
 
     n = host.rows.shape[0]
+    listed = None if host.listed is None else tensor(host.listed)
     return KindRows(
         rows=tensor(host.rows),
-        ends=tensor(host.ends),
+        groups=Groups(tensor(host.ends), listed),
         slot=tensor(host.bank_slot),
         task_row=tensor(host.task_row),
         segment=tensor(host.segment),
-        segment_ends=tensor(host.segment_ends),
+        segment_groups=Groups(tensor(host.segment_ends), listed),
         num_rows=n,
         num_segments=host.num_segments,
         covers_batch=_covers(host.rows, num_tokens),

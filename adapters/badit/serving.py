@@ -104,13 +104,13 @@ class BaditBank:
         )  # (n, K)
         omega = experts.gather(1, self.expert_of.index_select(0, rows.slot))  # (n, k)
         scale = torch.cat([self.neg_S.index_select(0, rows.slot), omega], dim=1)  # (n, 2k)
-        shrunk = grouped_matmul(xs, self.W_in, rows.ends) * scale  # (n, 2k)
-        scatter_add(columns, rows, grouped_matmul(shrunk, self.W_out, rows.ends))  # (n, out)
+        shrunk = grouped_matmul(xs, self.W_in, rows.groups) * scale  # (n, 2k)
+        scatter_add(columns, rows, grouped_matmul(shrunk, self.W_out, rows.groups))  # (n, out)
 
     def _input_gate(self, xs: torch.Tensor, rows: KindRows) -> torch.Tensor:
         """softmax(G x̄ + mask) of each row's segment (n, K); rows of task-routed slots get unused values."""
         means = segment_mean(xs, rows.segment, rows.num_segments)  # (segments, in)
-        logits = grouped_matmul(means, self.G_t, rows.segment_ends)  # (segments, K)
+        logits = grouped_matmul(means, self.G_t, rows.segment_groups)  # (segments, K)
         segment_slot = torch.zeros(rows.num_segments, dtype=torch.long, device=xs.device).index_copy_(
             0, rows.segment, rows.slot
         )  # (segments,)

@@ -53,8 +53,8 @@ class LoraBank:
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         xs = rows.take(x).to(self.A_t.dtype)  # (n, in)
-        shrunk = grouped_matmul(xs, self.A_t, rows.ends)  # (n, r)
-        scatter_add(columns, rows, grouped_matmul(shrunk, self.B_t, rows.ends))  # (n, out)
+        shrunk = grouped_matmul(xs, self.A_t, rows.groups)  # (n, r)
+        scatter_add(columns, rows, grouped_matmul(shrunk, self.B_t, rows.groups))  # (n, out)
 
     @property
     def nbytes(self) -> int:

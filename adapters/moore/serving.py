@@ -88,13 +88,12 @@ class MooreBank:
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         factors = self.shared.current()
-        xs = rows.take(x)  # (n, in), model dtype
-        xc = xs.to(self.G_t.dtype)
-        z = factors.project_in(xs).to(xc.dtype)  # (n, d)
-        z = z - grouped_matmul(grouped_matmul(xc, self.Y_hat, rows.ends), self.P, rows.ends)  # rank-h rotation
-        router = grouped_matmul(grouped_matmul(xc, self.G_t, rows.ends), self.G_up_t, rows.ends)  # (n, d)
+        xc = rows.take(x).to(self.G_t.dtype)  # (n, in)
+        z = factors.project_in(xc)  # (n, d)
+        z = z - grouped_matmul(grouped_matmul(xc, self.Y_hat, rows.groups), self.P, rows.groups)  # rank-h rotation
+        router = grouped_matmul(grouped_matmul(xc, self.G_t, rows.groups), self.G_up_t, rows.groups)  # (n, d)
         gate = torch.relu(router + self.C.index_select(0, rows.task_row) + factors.S)  # (n, d)
-        scatter_set(columns, rows, factors.project_out((z * gate).to(x.dtype)))  # (n, out)
+        scatter_set(columns, rows, factors.project_out(z * gate))  # (n, out)
 
     @property
     def nbytes(self) -> int:

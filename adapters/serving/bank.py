@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.serving.grouped import Groups
+
 
 class MethodCapacity(BaseModel):
     """Fixed capacity of one method inside an engine; each method extends it with its own limits."""
@@ -39,11 +41,11 @@ class KindRows:
     """The rows of one method in this step, sorted by slot (device tensors, except the counts)."""
 
     rows: torch.Tensor  # (n,) int64 batch row of each sorted row
-    ends: torch.Tensor  # (slots,) int32 cumulative row count per slot
+    groups: Groups  # rows per slot
     slot: torch.Tensor  # (n,) int64 slot of each sorted row
     task_row: torch.Tensor  # (n,) int64 row of the method's task pool
     segment: torch.Tensor  # (n,) int64 request segment, numbered in sorted order
-    segment_ends: torch.Tensor  # (slots,) int32 cumulative segment count per slot
+    segment_groups: Groups  # segments per slot
     num_rows: int
     num_segments: int
     covers_batch: bool  # rows are exactly 0..n-1 of the batch: no gather or scatter needed

@@ -23,17 +23,16 @@ def torch_product(matrix: torch.Tensor) -> Product:
 
 @dataclass(frozen=True)
 class ServingFactors:
-    S: torch.Tensor  # (d,) compute dtype
-    project_in: Product  # x ↦ x V    (n, in) → (n, d), model dtype
-    project_out: Product  # z ↦ z Uᵀ   (n, d) → (n, out), model dtype
+    S: torch.Tensor  # (d,)
+    project_in: Product  # x ↦ x V    (n, in) → (n, d)
+    project_out: Product  # z ↦ z Uᵀ   (n, d) → (n, out)
     nbytes: int
 
 
 class SharedFactors:
-    """The factors of one projection, or nothing while no slot needs them."""
+    """The factors of one projection in the adapters' compute dtype, or nothing while no slot needs them."""
 
-    def __init__(self, model_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device, product: ProductFactory) -> None:
-        self._model_dtype = model_dtype
+    def __init__(self, compute_dtype: torch.dtype, device: torch.device, product: ProductFactory) -> None:
         self._compute_dtype = compute_dtype
         self._device = device
         self._product = product
@@ -43,8 +42,8 @@ class SharedFactors:
         if self._factors is not None:
             return
         f = factors()
-        V = f.V.to(self._device, self._model_dtype).contiguous()  # (in, d)
-        U_t = f.U.T.to(self._device, self._model_dtype).contiguous()  # (d, out)
+        V = f.V.to(self._device, self._compute_dtype).contiguous()  # (in, d)
+        U_t = f.U.T.to(self._device, self._compute_dtype).contiguous()  # (d, out)
         S = f.S.to(self._device, self._compute_dtype)
         nbytes = sum(t.numel() * t.element_size() for t in (V, U_t, S))
         self._factors = ServingFactors(S=S, project_in=self._product(V), project_out=self._product(U_t), nbytes=nbytes)

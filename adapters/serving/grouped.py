@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
-def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Groups:
+    """How rows sorted by slot split into groups: `ends` (g,) int32 cumulative row counts of the listed
+    slots, which are every slot in order (`slots` None) or only `slots` (g,) int64, when few of many
+    slots have rows: then only their weights are gathered, and empty slots cost nothing."""
+
+    ends: torch.Tensor
+    slots: torch.Tensor | None = None
+
+
+def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, groups: Groups) -> torch.Tensor:
     """`out[rows of slot s] = x[rows of slot s] @ weights[s]` for rows sorted by slot.
 
-    x (n, a), weights (slots, a, b), ends (slots,) int32: cumulative row counts (slot s owns rows
-    ends[s-1]..ends[s]-1; empty slots repeat the previous end). Returns (n, b).
+    x (n, a), weights (slots, a, b) → (n, b).
     """
+    if groups.slots is not None:
+        weights = weights.index_select(0, groups.slots)  # (listed slots, a, b)
     if _HAS_GROUPED_MM and _grouped_mm_supports(x, weights):
-        return torch._grouped_mm(x, weights, offs=ends)
-    return grouped_matmul_reference(x, weights, ends)
+        return torch._grouped_mm(x, weights, offs=groups.ends)
+    return grouped_matmul_reference(x, weights, groups.ends)
 
 
 def grouped_matmul_reference(x: torch.Tensor, weights: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:

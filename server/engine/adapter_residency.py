@@ -69,7 +69,7 @@ class WorkerAdapters:
                 serving = get_method(kind).serving
                 banks[kind] = {}
                 for p in projections:
-                    shared = self.shared.setdefault((layer_index, p.name), SharedFactors(model_dtype, dtype, device, product))
+                    shared = self.shared.setdefault((layer_index, p.name), SharedFactors(dtype, device, product))
                     banks[kind][p.name] = serving.make_bank(capacity, ProjectionShape(in_features, p.size), device, dtype, shared)
             adapted = AdaptedLinear(
                 base_layer, layer_index, projections, banks, self.slots_per_kind, lambda: self.routing, base_forward, pack_output

@@ -116,7 +116,10 @@ def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor
     which is much faster than torch.matmul at decode-sized batches; torch.matmul elsewhere."""
     if matrix.device.type != "cpu" or not _custom_ops._supports_onednn:
         return functools.partial(torch.matmul, other=matrix)
-    handler = _custom_ops.create_onednn_mm(matrix, 32)
+    try:
+        handler = _custom_ops.create_onednn_mm(matrix, 32)
+    except RuntimeError:  # oneDNN has no kernel for this dtype on this CPU (bf16 without AVX-512)
+        return functools.partial(torch.matmul, other=matrix)
     return functools.partial(_custom_ops.onednn_mm, handler, bias=None)
 
 

@@ -22,7 +22,7 @@ from adapters.moore.math import moore_forward
 from adapters.registry import get_method
 from adapters.serving.bank import KindRows, ProjectionShape, SlotContents
 from adapters.serving.factors import SharedFactors, torch_product
-from adapters.serving.grouped import grouped_matmul, grouped_matmul_reference
+from adapters.serving.grouped import Groups, grouped_matmul, grouped_matmul_reference
 from adapters.svd_cache import BaseFactors
 from router.step_routing import RequestRoute, ResidentEntry, build_host_rows, device_rows
 
@@ -39,7 +39,7 @@ def load(set_dirs: dict[str, Path], name: str, base: BaseModelInfo) -> AdapterSe
 def make_bank(kind: str, base: BaseModelInfo, proj: str, factors: BaseFactors, capacity: dict):
     method = get_method(kind).serving
     out_features, in_features = base.shape(proj)
-    shared = SharedFactors(torch.float32, torch.float32, CPU, torch_product)
+    shared = SharedFactors(torch.float32, CPU, torch_product)
     shared.hold(lambda: factors.get(LAYER, proj))
     return method.make_bank(method.capacity_cls(**capacity), ProjectionShape(in_features, out_features), CPU, torch.float32, shared)
 
@@ -73,8 +73,11 @@ def test_grouped_matmul_equals_one_product_per_slot(width: int, height: int) -> 
     x = torch.randn(7, width)
     weights = torch.randn(4, width, height)
     ends = torch.tensor([2, 2, 6, 7], dtype=torch.int32)  # slot 1 empty
-    assert_close(grouped_matmul(x, weights, ends), grouped_matmul_reference(x, weights, ends))
-    assert_close(grouped_matmul(x, weights, ends)[2:6], x[2:6] @ weights[2])
+    every_slot = grouped_matmul(x, weights, Groups(ends))
+    assert_close(every_slot, grouped_matmul_reference(x, weights, ends))
+    assert_close(every_slot[2:6], x[2:6] @ weights[2])
+    listed = Groups(torch.tensor([2, 6, 7], dtype=torch.int32), torch.tensor([0, 2, 3]))
+    assert_close(grouped_matmul(x, weights, listed), every_slot)
 
 
 @pytest.mark.parametrize("proj", ["q_proj", "down_proj"])
