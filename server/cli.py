@@ -94,14 +94,19 @@ def bench(
     prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 32,
     output_len: Annotated[int, typer.Option(help="Generated tokens per request.")] = 64,
     repeats: Annotated[int, typer.Option(help="Timed runs per scenario (the best counts).")] = 2,
-    num_lora: Annotated[int, typer.Option(help="Distinct LoRA adapters in the LoRA scenarios.")] = 4,
-    lora_rank: Annotated[int, typer.Option(help="Rank of those adapters.")] = 8,
+    lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters.")] = 8,
+    moore_sets: Annotated[int, typer.Option(help="Distinct MoORE sets in the widest MoORE batch.")] = 8,
+    many_tasks: Annotated[int, typer.Option(help="Tasks of the MoORE set whose tasks spread over a batch.")] = 1000,
+    lora_adapters: Annotated[int, typer.Option(help="Distinct LoRA adapters in the widest LoRA batch.")] = 64,
+    lora_resident: Annotated[int, typer.Option(help="LoRA adapters resident for the residency scenario.")] = 256,
+    compiled: Annotated[bool, typer.Option(help="Also run an engine vLLM compiles (slow start).")] = False,
+    tensor_parallel_size: Annotated[int, typer.Option(help="Tensor-parallel degree of every engine.")] = 1,
     dtype: Annotated[str, typer.Option(help="Engine dtype.")] = "auto",
     work_dir: Annotated[Path, typer.Option(help="Where the benchmark's adapter sets are written.")] = Path("bench-results/work"),
     json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/bench.json"),
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
 ) -> None:
-    """Throughput of base, MoORE, BADIT, LoRA and mixed batches in one engine, and of vLLM's stock LoRA path."""
+    """Throughput of every adapter kind and of many distinct sets per batch, as ratios to the base model."""
     from server.bench import BenchConfig, render_table, run_bench, write_json
     from server.default_model import ensure_default_model
 
@@ -114,8 +119,13 @@ def bench(
         prompt_len=prompt_len,
         output_len=output_len,
         repeats=repeats,
-        num_lora=num_lora,
         lora_rank=lora_rank,
+        moore_sets=moore_sets,
+        many_tasks=many_tasks,
+        lora_adapters=lora_adapters,
+        lora_resident=lora_resident,
+        compiled=compiled,
+        tensor_parallel_size=tensor_parallel_size,
         dtype=dtype,
     )
     report = run_bench(config, log=typer.echo)

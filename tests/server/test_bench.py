@@ -1,4 +1,4 @@
-"""`orthoserve bench` runs every scenario on both engines and reports tok/s, ratios and resident bytes."""
+"""`orthoserve bench` runs every scenario on every engine and reports tok/s, ratios and resident bytes."""
 
 from __future__ import annotations
 
@@ -15,19 +15,29 @@ def test_bench_reports_every_scenario_and_ratio(tiny_model_dir: Path, tmp_path: 
     result = CliRunner().invoke(
         app,
         [
-            "bench", "--model", str(tiny_model_dir), "--num-requests", "4", "--prompt-len", "8",
-            "--output-len", "4", "--repeats", "1", "--num-lora", "2", "--work-dir", str(tmp_path / "work"),
+            "bench", "--model", str(tiny_model_dir), "--num-requests", "8", "--prompt-len", "8",
+            "--output-len", "4", "--repeats", "1", "--moore-sets", "2", "--many-tasks", "40",
+            "--lora-adapters", "8", "--lora-resident", "12", "--work-dir", str(tmp_path / "work"),
             "--json-out", str(json_out), "--cache-dir", str(tmp_path / "cache"),
         ],
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(json_out.read_text())
-    scenarios = {(row["engine"], row["scenario"]) for row in report["rows"]}
-    assert {scenario for _, scenario in scenarios} >= {
-        "base", "moore (1 task)", "moore (8 tasks mixed)", "badit", "lora", "lora (vLLM stock path)",
-    }
+    by_engine = {}
+    for row in report["rows"]:
+        by_engine.setdefault(row["engine"], set()).add(row["scenario"])
+    assert by_engine["orthoserve"] >= {
+        "base", "moore, 1 set", "moore, 2 sets", "moore, 40 tasks", "badit", "lora, 1 adapter", "lora, 8 adapters",
+        "lora, 8 adapters, 12 resident", "mixed (base+moore+badit+lora)",
+    }  # fmt: skip
+    assert by_engine["no adapter capacity"] == {"base"}
+    assert by_engine["vllm (enable_lora)"] == {"base", "lora, 4 adapters", "lora, 8 adapters"}
     assert all(row["tokens_per_s"] > 0 for row in report["rows"])
-    assert len(report["ratios"]) == 6 and all(ratio["value"] > 0 for ratio in report["ratios"])
-    assert report["resident_bytes"]["moore"] > report["resident_bytes"]["lora-0"] > 0
-    assert report["resident_bytes"]["shared base factors (MoORE)"] > 0
-    assert "lora: orthoserve / vLLM stock" in result.output
+    ratios = {ratio["name"]: ratio for ratio in report["ratios"]}
+    assert all(ratio["value"] > 0 for ratio in ratios.values())
+    assert "base: with adapter capacity / without" in ratios and "lora 8: orthoserve / vLLM stock" in ratios
+    resident = report["resident_bytes"]
+    assert resident["moore-0"] > resident["lora-0"] > 0
+    assert resident["moore (many tasks)"] > resident["moore-0"], "each task adds its task vectors"
+    assert resident["engine: base_factors"] > 0 and resident["engine: capacity"] > 0
+    assert "lora, 8 adapters / base" in result.output
