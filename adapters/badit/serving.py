@@ -58,6 +58,7 @@ class BaditBank:
     def __init__(self, capacity: BaditCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
         slots, k, K = capacity.max_sets, aligned(capacity.max_rank), aligned(capacity.max_experts)
         self.k_max = k
+        self.shape = shape
         self.W_in = stacked(slots, shape.in_features, 2 * k, device=device, dtype=dtype)  # (slots, in, 2k) [V_k | Aᵀ]
         self.W_out = stacked(slots, 2 * k, shape.out_features, device=device, dtype=dtype)  # (slots, 2k, out) [U_kᵀ ; s·Bᵀ]
         self.neg_S = stacked(slots, k, device=device, dtype=dtype)  # (slots, k) −S_k
@@ -71,23 +72,25 @@ class BaditBank:
         module: BaditModule = contents.module
         k, K, r = module.num_experts * module.expert_rank, module.num_experts, module.expert_rank
         top = contents.base_factors().top(k)
+        shape = self.shape
         self.clear(slot)
-        self.W_in[slot, :, :k].copy_(top.V)
-        self.W_in[slot, :, self.k_max : self.k_max + k].copy_(module.A.T)
-        self.W_out[slot, :k].copy_(top.U.T)
-        self.W_out[slot, self.k_max : self.k_max + k].copy_(module.B.to(torch.float32).T * module.scale)
+        self.W_in[slot, :, :k].copy_(shape.input_part(top.V, 0))
+        self.W_in[slot, :, self.k_max : self.k_max + k].copy_(shape.input_part(module.A, 1).T)
+        self.W_out[slot, :k].copy_(shape.output_part(top.U, 0).T)
+        self.W_out[slot, self.k_max : self.k_max + k].copy_(shape.output_part(module.B, 0).to(torch.float32).T * module.scale)
         self.neg_S[slot, :k].copy_(-top.S)
         self.expert_of[slot, :k].copy_(torch.arange(k) // r)
         if module.G is not None:
-            self.G_t[slot, :, :K].copy_(module.G.T)
+            self.G_t[slot, :, :K].copy_(shape.input_part(module.G, 1).T)
             self.gate_mask[slot, :K] = 0.0
             self.input_routed[slot] = True
         else:
             mixtures = torch.zeros(module.task_mixture.shape[0], self.mixtures.shape[1], dtype=self.mixtures.dtype)
             mixtures[:, :K] = module.task_mixture
             self.mixtures.index_copy_(0, contents.task_rows, mixtures)
-        routing = module.G if module.G is not None else module.task_mixture
-        return tensors_nbytes(top.V, top.U, top.S, module.A, module.B, routing, dtype=self.W_in.dtype)
+        routing = shape.input_part(module.G, 1) if module.G is not None else module.task_mixture
+        parts = (shape.input_part(top.V, 0), shape.output_part(top.U, 0), top.S, shape.input_part(module.A, 1), shape.output_part(module.B, 0))
+        return tensors_nbytes(*parts, routing, dtype=self.W_in.dtype)
 
     def clear(self, slot: int) -> None:
         for weights in (self.W_in, self.W_out, self.neg_S, self.G_t, self.expert_of):
@@ -104,13 +107,13 @@ class BaditBank:
         )  # (n, K)
         omega = experts.gather(1, self.expert_of.index_select(0, rows.slot))  # (n, k)
         scale = torch.cat([self.neg_S.index_select(0, rows.slot), omega], dim=1)  # (n, 2k)
-        shrunk = grouped_matmul(xs, self.W_in, rows.groups) * scale  # (n, 2k)
+        shrunk = self.shape.summed(grouped_matmul(xs, self.W_in, rows.groups)) * scale  # (n, 2k)
         scatter_add(columns, rows, grouped_matmul(shrunk, self.W_out, rows.groups))  # (n, out)
 
     def _input_gate(self, xs: torch.Tensor, rows: KindRows) -> torch.Tensor:
         """softmax(G x̄ + mask) of each row's segment (n, K); rows of task-routed slots get unused values."""
         means = segment_mean(xs, rows.segment, rows.num_segments)  # (segments, in)
-        logits = grouped_matmul(means, self.G_t, rows.segment_groups)  # (segments, K)
+        logits = self.shape.summed(grouped_matmul(means, self.G_t, rows.segment_groups))  # (segments, K)
         segment_slot = torch.zeros(rows.num_segments, dtype=torch.long, device=xs.device).index_copy_(
             0, rows.segment, rows.slot
         )  # (segments,)

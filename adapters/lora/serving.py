@@ -36,6 +36,7 @@ class LoraBank:
 
     def __init__(self, capacity: LoraCapacity, shape: ProjectionShape, device: torch.device, dtype: torch.dtype) -> None:
         r = aligned(capacity.max_rank)
+        self.shape = shape
         self.A_t = stacked(capacity.max_sets, shape.in_features, r, device=device, dtype=dtype)  # (slots, in, r)
         self.B_t = stacked(capacity.max_sets, r, shape.out_features, device=device, dtype=dtype)  # (slots, r, out)
 
@@ -43,9 +44,9 @@ class LoraBank:
         module: LoraModule = contents.module
         r = module.A.shape[0]
         self.clear(slot)
-        self.A_t[slot, :, :r].copy_(module.A.T)
-        self.B_t[slot, :r].copy_(module.B.to(torch.float32).T * module.scaling)
-        return tensors_nbytes(module.A, module.B, dtype=self.A_t.dtype)
+        self.A_t[slot, :, :r].copy_(self.shape.input_part(module.A, 1).T)
+        self.B_t[slot, :r].copy_(self.shape.output_part(module.B, 0).to(torch.float32).T * module.scaling)
+        return tensors_nbytes(self.shape.input_part(module.A, 1), self.shape.output_part(module.B, 0), dtype=self.A_t.dtype)
 
     def clear(self, slot: int) -> None:
         self.A_t[slot].zero_()
@@ -53,7 +54,7 @@ class LoraBank:
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         xs = rows.take(x).to(self.A_t.dtype)  # (n, in)
-        shrunk = grouped_matmul(xs, self.A_t, rows.groups)  # (n, r)
+        shrunk = self.shape.summed(grouped_matmul(xs, self.A_t, rows.groups))  # (n, r)
         scatter_add(columns, rows, grouped_matmul(shrunk, self.B_t, rows.groups))  # (n, out)
 
     @property

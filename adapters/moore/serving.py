@@ -63,6 +63,7 @@ class MooreBank:
     ) -> None:
         slots, h, E, d = capacity.max_sets, aligned(capacity.max_householder), aligned(capacity.max_router_width), shape.rank
         self.shared = shared
+        self.shape = shape
         self.Y_hat = stacked(slots, shape.in_features, h, device=device, dtype=dtype)  # (slots, in, h)
         self.P = stacked(slots, h, d, device=device, dtype=dtype)  # (slots, h, d)
         self.G_t = stacked(slots, shape.in_features, E, device=device, dtype=dtype)  # (slots, in, E)
@@ -71,16 +72,17 @@ class MooreBank:
 
     def write(self, slot: int, contents: SlotContents) -> int:
         module: MooreModule = contents.module
-        Y_hat_t, P = rotation_correction(module.Y, contents.base_factors().V)  # (in, h), (h, d)
+        Y_hat_t, P = rotation_correction(module.Y, contents.base_factors().V)  # (in, h), (h, d): whole input
         h, E = Y_hat_t.shape[1], module.G.shape[0]
         C = module.task_vectors()  # (n_tasks, d)
         self.clear(slot)
-        self.Y_hat[slot, :, :h].copy_(Y_hat_t)
+        self.Y_hat[slot, :, :h].copy_(self.shape.input_part(Y_hat_t, 0))
         self.P[slot, :h].copy_(P)
-        self.G_t[slot, :, :E].copy_(module.G.T)
+        self.G_t[slot, :, :E].copy_(self.shape.input_part(module.G, 1).T)
         self.G_up_t[slot, :E].copy_(module.G_up.T)
         self.C.index_copy_(0, contents.task_rows, C.to(self.C.dtype))
-        return tensors_nbytes(Y_hat_t, P, module.G, module.G_up, C, dtype=self.G_t.dtype)
+        part = self.shape
+        return tensors_nbytes(part.input_part(Y_hat_t, 0), P, part.input_part(module.G, 1), module.G_up, C, dtype=self.G_t.dtype)
 
     def clear(self, slot: int) -> None:
         for weights in (self.Y_hat, self.P, self.G_t, self.G_up_t):
@@ -89,9 +91,12 @@ class MooreBank:
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         factors = self.shared.current()
         xc = rows.take(x).to(self.G_t.dtype)  # (n, in)
-        z = factors.project_in(xc)  # (n, d)
-        z = z - grouped_matmul(grouped_matmul(xc, self.Y_hat, rows.groups), self.P, rows.groups)  # rank-h rotation
-        router = grouped_matmul(grouped_matmul(xc, self.G_t, rows.groups), self.G_up_t, rows.groups)  # (n, d)
+        # Everything that reads the input, in one tensor: summed over ranks once on row-parallel layers.
+        z, xY, xG = self.shape.summed(
+            torch.cat([factors.project_in(xc), grouped_matmul(xc, self.Y_hat, rows.groups), grouped_matmul(xc, self.G_t, rows.groups)], 1)
+        ).split([self.P.shape[2], self.P.shape[1], self.G_t.shape[2]], dim=1)  # (n, d), (n, h), (n, E)
+        z = z - grouped_matmul(xY.contiguous(), self.P, rows.groups)  # rank-h rotation
+        router = grouped_matmul(xG.contiguous(), self.G_up_t, rows.groups)  # (n, d)
         gate = torch.relu(router + self.C.index_select(0, rows.task_row) + factors.S)  # (n, d)
         scatter_set(columns, rows, factors.project_out(z * gate))  # (n, out)
 

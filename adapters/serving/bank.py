@@ -28,12 +28,35 @@ class MethodCapacity(BaseModel):
 
 @dataclass(frozen=True)
 class ProjectionShape:
+    """This engine rank's part of one projection `W (out, in)`. With tensor parallelism a rank holds
+    output rows [out_start, out_start + out_features) (column-parallel layers), or input columns
+    [in_start, in_start + in_features) (row-parallel layers: products with the input are partial and
+    `reduce` sums them over the ranks). Without it, the whole projection."""
+
     in_features: int
     out_features: int
+    full_in: int = 0  # 0: same as in_features
+    full_out: int = 0
+    in_start: int = 0
+    out_start: int = 0
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def rank(self) -> int:
-        return min(self.in_features, self.out_features)
+        """d = min(in, out) of the whole projection."""
+        return min(self.full_in or self.in_features, self.full_out or self.out_features)
+
+    def input_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's part of `t` along its input-features dimension `dim`."""
+        return t.narrow(dim, self.in_start, self.in_features)
+
+    def output_part(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's part of `t` along its output-features dimension `dim`."""
+        return t.narrow(dim, self.out_start, self.out_features)
+
+    def summed(self, partial: torch.Tensor) -> torch.Tensor:
+        """A product with this rank's input part, summed over ranks (row-parallel layers)."""
+        return partial if self.reduce is None else self.reduce(partial)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adapters.serving.bank import ProjectionShape
 from adapters.svd_cache import SvdFactors
 
 Product = Callable[[torch.Tensor], torch.Tensor]
@@ -38,12 +39,13 @@ class SharedFactors:
         self._product = product
         self._factors: ServingFactors | None = None
 
-    def hold(self, factors: Callable[[], SvdFactors]) -> None:
+    def hold(self, factors: Callable[[], SvdFactors], shape: ProjectionShape) -> None:
+        """Load the factors, this rank's part only: its input rows of V, its output rows of U."""
         if self._factors is not None:
             return
         f = factors()
-        V = f.V.to(self._device, self._compute_dtype).contiguous()  # (in, d)
-        U_t = f.U.T.to(self._device, self._compute_dtype).contiguous()  # (d, out)
+        V = shape.input_part(f.V, 0).to(self._device, self._compute_dtype).contiguous()  # (in, d)
+        U_t = shape.output_part(f.U, 0).T.to(self._device, self._compute_dtype).contiguous()  # (d, out)
         S = f.S.to(self._device, self._compute_dtype)
         nbytes = sum(t.numel() * t.element_size() for t in (V, U_t, S))
         self._factors = ServingFactors(S=S, project_in=self._product(V), project_out=self._product(U_t), nbytes=nbytes)

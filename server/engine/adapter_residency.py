@@ -46,7 +46,7 @@ class TaskRowPool:
 class WorkerAdapters:
     def __init__(
         self,
-        linears: Iterable[tuple[int, torch.nn.Module, list[Projection], int, Callable[[AdaptedLinear], None]]],
+        linears: Iterable[tuple[int, torch.nn.Module, list[Projection], dict[str, ProjectionShape], Callable[[AdaptedLinear], None]]],
         capacities: Mapping[str, MethodCapacity],
         device: torch.device,
         model_dtype: torch.dtype,
@@ -55,28 +55,30 @@ class WorkerAdapters:
         base_forward: Callable,
         pack_output: Callable,
     ) -> None:
-        """`linears`: (layer index, base layer, its projections, its input features, a function that puts
-        the adapted layer in the base layer's place)."""
+        """`linears`: (layer index, base layer, its projections, this rank's part of each, a function that
+        puts the adapted layer in the base layer's place)."""
         self.capacities = dict(capacities)
         self.slots_per_kind = {kind: capacity.max_sets for kind, capacity in self.capacities.items()}
         self.device = device
         dtype = compute_dtype(device, model_dtype)
         self.shared: dict[tuple[int, str], SharedFactors] = {}
         self.layers: dict[tuple[int, str], AdaptedLinear] = {}  # (layer, projection) → layer holding it
-        for layer_index, base_layer, projections, in_features, install in linears:
+        self.shapes: dict[tuple[int, str], ProjectionShape] = {}  # (layer, projection) → this rank's part
+        for layer_index, base_layer, projections, shapes, install in linears:
             banks: dict[str, dict[str, ProjectionBank]] = {}
             for kind, capacity in self.capacities.items():
                 serving = get_method(kind).serving
                 banks[kind] = {}
                 for p in projections:
                     shared = self.shared.setdefault((layer_index, p.name), SharedFactors(dtype, device, product))
-                    banks[kind][p.name] = serving.make_bank(capacity, ProjectionShape(in_features, p.size), device, dtype, shared)
+                    banks[kind][p.name] = serving.make_bank(capacity, shapes[p.name], device, dtype, shared)
             adapted = AdaptedLinear(
                 base_layer, layer_index, projections, banks, self.slots_per_kind, lambda: self.routing, base_forward, pack_output
             )
             install(adapted)
             for p in projections:
                 self.layers[(layer_index, p.name)] = adapted
+                self.shapes[(layer_index, p.name)] = shapes[p.name]
         self.free_slots = {kind: list(range(n)) for kind, n in self.slots_per_kind.items()}
         self.task_rows = {kind: TaskRowPool(getattr(c, "max_tasks", 0)) for kind, c in self.capacities.items()}
         self.entries: dict[int, ResidentEntry] = {}
@@ -104,7 +106,7 @@ class WorkerAdapters:
                 return factors.get(layer, proj)
 
             if method.serving.shares_base_factors:
-                self.shared[(layer, proj)].hold(base_factors)
+                self.shared[(layer, proj)].hold(base_factors, self.shapes[(layer, proj)])
             adapted = self.layers[(layer, proj)]
             nbytes += adapted.banks[kind][proj].write(bank_slot, SlotContents(module, adapter_set.config, rows_tensor, base_factors))
             adapted.mark(kind, bank_slot, proj, True)

@@ -52,7 +52,7 @@ class OfflineEngine:
         """`capacity`: adapter capacity of the engine (default: every method with its default limits)."""
         vc.check_pinned_version()
         if vc.is_cpu_platform():
-            export_environment(vc.cpu_worker_thread_env(1))
+            export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size))
         self.base = describe_base_model(model_dir)
         capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
         self._svd_cache_dir = svd_cache_dir

@@ -6,6 +6,8 @@ because several of these names are internal interfaces.
 
 from __future__ import annotations
 
+import os
+
 import vllm
 from vllm import LLM
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -41,6 +43,7 @@ __all__ = [
     "VLLMClientError",
     "VLLMValidationError",
     "check_pinned_version",
+    "cpu_core_binding",
     "cpu_worker_thread_env",
     "is_cpu_platform",
     "merge_async_iterators",
@@ -58,11 +61,25 @@ def is_cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
-def cpu_worker_thread_env(num_threads: int) -> dict[str, str]:
-    """Environment giving the CPU engine worker `num_threads` OpenMP/torch threads, unpinned.
+def cpu_worker_thread_env(num_threads: int, tensor_parallel_size: int = 1, bind: str | None = None) -> dict[str, str]:
+    """Environment giving each CPU engine worker `num_threads` OpenMP/torch threads.
 
-    vLLM's default pins the worker to fixed cores, which makes several servers on one small machine
-    fight over the same core. Spawned engine processes inherit the environment, so export it before
-    the engine is created.
+    One worker runs unpinned: vLLM's default pins it to fixed cores, which makes several servers on one
+    small machine fight over the same core. Tensor-parallel workers each need cores of their own
+    (`VLLM_CPU_OMP_THREADS_BIND`, e.g. "0|1"): taken from the cores this process may use, unless
+    `bind` gives them. Spawned engine processes inherit the environment: export it before the engine
+    is created.
     """
-    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(num_threads)}
+    if bind is None:
+        bind = "nobind" if tensor_parallel_size == 1 else cpu_core_binding(tensor_parallel_size, num_threads)
+    return {"VLLM_CPU_OMP_THREADS_BIND": bind, "OMP_NUM_THREADS": str(num_threads)}
+
+
+def cpu_core_binding(workers: int, threads_per_worker: int) -> str:
+    """vLLM's per-worker core lists ("0|1", "0-3|4-7"), from the cores this process may run on."""
+    cores = sorted(os.sched_getaffinity(0))
+    needed = workers * threads_per_worker
+    if len(cores) < needed:
+        raise ValueError(f"{workers} tensor-parallel workers × {threads_per_worker} threads need {needed} cores; {len(cores)} are available")
+    groups = [cores[i * threads_per_worker : (i + 1) * threads_per_worker] for i in range(workers)]
+    return "|".join(",".join(str(core) for core in group) for group in groups)

@@ -19,13 +19,21 @@ import torch
 import vllm
 from torch import nn
 from vllm import _custom_ops
-from vllm.model_executor.layers.linear import LinearBase, MergedColumnParallelLinear, QKVParallelLinear
+from vllm.distributed import tensor_model_parallel_all_reduce
+from vllm.model_executor.layers.linear import (
+    ColumnParallelLinear,
+    LinearBase,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from vllm.config import VllmConfig
 from vllm.sampling_params import SamplingParams
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
+from adapters.serving.bank import ProjectionShape
 from router.step_routing import RequestRoute
 
 PINNED_VLLM_VERSION = "0.32.0"
@@ -81,8 +89,7 @@ class AdaptableLinear:
     parent: nn.Module
     attribute: str
     layer: LinearBase
-    projection_sizes: tuple[tuple[str, int], ...]  # (HF projection name, output columns), in order
-    input_size: int
+    projections: tuple[tuple[str, ProjectionShape], ...]  # (HF projection, this rank's part), in output order
 
     def replace(self, module: nn.Module) -> None:
         setattr(self.parent, self.attribute, module)
@@ -99,16 +106,29 @@ def adaptable_linears(model: nn.Module) -> Iterator[AdaptableLinear]:
         for fused, projections in FUSED_PROJECTIONS:
             if suffix != fused:
                 continue
-            if getattr(module, "tp_size", 1) != 1:
-                raise UnsupportedEngineLayout("adapter sets need tensor_parallel_size=1")
             if getattr(module, "bias", None) is not None:
                 raise UnsupportedEngineLayout(f"{name} has a bias; adapter sets serve bias-free Llama-family layers")
-            if isinstance(module, (QKVParallelLinear, MergedColumnParallelLinear)):
-                sizes = tuple(module.output_sizes)
-            else:
-                sizes = (module.output_size,)
             parent = model.get_submodule(".".join(parts[:-1]))
-            yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, sizes)), module.input_size)
+            yield AdaptableLinear(layer_index, parent, parts[-1], module, tuple(zip(projections, _rank_parts(module))))
+
+
+def _rank_parts(layer: LinearBase) -> list[ProjectionShape]:
+    """This rank's part of each projection a (possibly tensor-parallel) vLLM linear packs."""
+    tp_size, tp_rank = getattr(layer, "tp_size", 1), getattr(layer, "tp_rank", 0)
+    if isinstance(layer, RowParallelLinear):
+        local_in = layer.input_size_per_partition
+        reduce = tensor_model_parallel_all_reduce if tp_size > 1 else None
+        return [ProjectionShape(local_in, layer.output_size, layer.input_size, layer.output_size, tp_rank * local_in, 0, reduce)]
+    if not isinstance(layer, ColumnParallelLinear):
+        raise UnsupportedEngineLayout(f"{type(layer).__name__} is neither column- nor row-parallel")
+    full_sizes = list(getattr(layer, "output_sizes", [layer.output_size]))
+    parts = []
+    for index, full in enumerate(full_sizes):
+        local = full // tp_size
+        # QKV layers with fewer KV heads than ranks replicate each KV head on several ranks.
+        replicas = getattr(layer, "num_kv_head_replicas", 1) if isinstance(layer, QKVParallelLinear) and index > 0 else 1
+        parts.append(ProjectionShape(layer.input_size, local, layer.input_size, full, 0, (tp_rank // replicas) * local))
+    return parts
 
 
 def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

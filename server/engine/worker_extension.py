@@ -29,10 +29,11 @@ def install_adapters(model_runner: object) -> None:
     linears = []
     for linear in vllm_internals.adaptable_linears(vllm_internals.runner_model(model_runner)):
         projections, start = [], 0
-        for name, size in linear.projection_sizes:
-            projections.append(Projection(name, start, size))
-            start += size
-        linears.append((linear.layer_index, linear.layer, projections, linear.input_size, linear.replace))
+        for name, shape in linear.projections:
+            projections.append(Projection(name, start, shape.out_features))
+            start += shape.out_features
+        shapes = dict(linear.projections)
+        linears.append((linear.layer_index, linear.layer, projections, shapes, linear.replace))
     adapters = WorkerAdapters(
         linears,
         capacities,

@@ -40,8 +40,9 @@ def make_bank(kind: str, base: BaseModelInfo, proj: str, factors: BaseFactors, c
     method = get_method(kind).serving
     out_features, in_features = base.shape(proj)
     shared = SharedFactors(torch.float32, CPU, torch_product)
-    shared.hold(lambda: factors.get(LAYER, proj))
-    return method.make_bank(method.capacity_cls(**capacity), ProjectionShape(in_features, out_features), CPU, torch.float32, shared)
+    shape = ProjectionShape(in_features, out_features)
+    shared.hold(lambda: factors.get(LAYER, proj), shape)
+    return method.make_bank(method.capacity_cls(**capacity), shape, CPU, torch.float32, shared)
 
 
 def fill(bank, sets: dict[str, AdapterSet], slots: dict[str, int], proj: str, factors: BaseFactors) -> dict[str, ResidentEntry]:
