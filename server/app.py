@@ -17,6 +17,7 @@ from router.registry import AdapterRegistry
 from router.validation import AdapterSetValidator
 from server.api import admin, chat, completions, health, metrics, models
 from server.engine.adapter_backend import AdapterEngineBackend
+from server.engine.capacity import adapter_dtype
 from server.engine.service import EngineService
 from server.errors import install_error_handlers
 from server.metrics import ServingMetrics
@@ -56,7 +57,7 @@ async def _start_registry(settings: Settings, engine: EngineService, observer: R
     base = await asyncio.to_thread(describe_base_model, engine.model_dir)
     registry = AdapterRegistry(
         AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir, engine.capacity),
-        AdapterSetValidator(base, engine.engine.model_config.dtype),
+        AdapterSetValidator(base, adapter_dtype(engine.engine.model_config.dtype)),
         engine.served_model_name,
         roots=AdapterRoots(settings.adapter_roots),
         memory_budget=settings.adapter_memory_budget,

@@ -72,9 +72,9 @@ class Settings(BaseSettings):
     max_adapter_sets: int | None = Field(
         default=None, ge=1, description="Set versions resident at once, per method (a replace holds two); unset: each method's default."
     )
-    max_moore_sets: int | None = Field(default=None, ge=1, description="MoORE set versions resident at once (default 2).")
+    max_moore_sets: int | None = Field(default=None, ge=1, description="MoORE set versions resident at once (default 4).")
     max_badit_sets: int | None = Field(default=None, ge=1, description="BADIT set versions resident at once (default 4).")
-    max_lora_sets: int | None = Field(default=None, ge=1, description="LoRA adapters resident at once (default 16).")
+    max_lora_sets: int | None = Field(default=None, ge=1, description="LoRA adapters resident at once (default 32).")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank a slot holds.")
     max_moore_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
     max_moore_householder: int = Field(default=8, ge=1, description="Largest MoORE Householder count h.")

@@ -25,6 +25,7 @@ from adapters.serving.bank import (
     tensors_nbytes,
 )
 from adapters.serving.grouped import grouped_matmul
+from adapters.serving.pages import zero_and_release
 
 
 class BaditCapacity(MethodCapacity):
@@ -94,7 +95,7 @@ class BaditBank:
 
     def clear(self, slot: int) -> None:
         for weights in (self.W_in, self.W_out, self.neg_S, self.G_t, self.expert_of):
-            weights[slot].zero_()
+            zero_and_release(weights[slot])
         self.gate_mask[slot] = float("-inf")
         self.input_routed[slot] = False
 

@@ -19,10 +19,11 @@ from adapters.serving.bank import (
     tensors_nbytes,
 )
 from adapters.serving.grouped import grouped_matmul
+from adapters.serving.pages import zero_and_release
 
 
 class LoraCapacity(MethodCapacity):
-    max_sets: int = Field(default=16, ge=1, description="LoRA adapters resident at once.")
+    max_sets: int = Field(default=32, ge=1, description="LoRA adapters resident at once.")
     max_rank: int = Field(default=16, ge=1, description="Largest LoRA rank a slot holds.")
 
 
@@ -49,8 +50,8 @@ class LoraBank:
         return tensors_nbytes(self.shape.input_part(module.A, 1), self.shape.output_part(module.B, 0), dtype=self.A_t.dtype)
 
     def clear(self, slot: int) -> None:
-        self.A_t[slot].zero_()
-        self.B_t[slot].zero_()
+        zero_and_release(self.A_t[slot])
+        zero_and_release(self.B_t[slot])
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         xs = rows.take(x).to(self.A_t.dtype)  # (n, in)

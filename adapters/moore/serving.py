@@ -29,10 +29,11 @@ from adapters.serving.bank import (
 )
 from adapters.serving.factors import SharedFactors
 from adapters.serving.grouped import grouped_matmul
+from adapters.serving.pages import zero_and_release
 
 
 class MooreCapacity(MethodCapacity):
-    max_sets: int = Field(default=2, ge=1, description="MoORE set versions resident at once.")
+    max_sets: int = Field(default=4, ge=1, description="MoORE set versions resident at once.")
     max_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
     max_householder: int = Field(default=8, ge=1, description="Largest Householder count h a slot holds.")
     max_router_width: int = Field(default=128, ge=1, description="Largest router width E a slot holds.")
@@ -86,7 +87,7 @@ class MooreBank:
 
     def clear(self, slot: int) -> None:
         for weights in (self.Y_hat, self.P, self.G_t, self.G_up_t):
-            weights[slot].zero_()
+            zero_and_release(weights[slot])
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         factors = self.shared.current()

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.serving.grouped import Groups
+from adapters.serving.pages import zero_and_release
 
 
 class MethodCapacity(BaseModel):
@@ -109,7 +110,11 @@ def compute_dtype(device: torch.device, model_dtype: torch.dtype) -> torch.dtype
 
 
 def stacked(slots: int, *shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(slots, *shape, device=device, dtype=dtype)
+    """Zeroed weights for every slot. On the CPU their pages are given back until a set writes a slot,
+    so capacity costs address space, not resident memory."""
+    weights = torch.empty(slots, *shape, device=device, dtype=dtype)
+    zero_and_release(weights)
+    return weights
 
 
 def aligned(size: int) -> int:

@@ -10,8 +10,11 @@ from typing import Any
 
 from adapters.manifest import Manifest
 from adapters.registry import get_method
-from adapters.serving.bank import MethodCapacity
+import torch
+
+from adapters.serving.bank import MethodCapacity, compute_dtype
 from router.errors import AdapterCapacityExceeded
+from server.engine import vllm_compat as vc
 from server.settings import Settings
 
 WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
@@ -61,6 +64,11 @@ class AdapterCapacity:
         for limit, needed, allowed in get_method(kind).serving.capacity_limits(capacity, config, len(manifest.tasks)):
             if needed > allowed:
                 raise AdapterCapacityExceeded(f"The {kind} set needs {limit} = {needed}; this server allows {allowed}.")
+
+
+def adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """Dtype the engine keeps adapter weights in (what a set's footprint is estimated at)."""
+    return compute_dtype(torch.device("cpu" if vc.is_cpu_platform() else "cuda"), model_dtype)
 
 
 def capacity_from_settings(settings: Settings) -> AdapterCapacity:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from torch.testing import assert_close
@@ -23,6 +24,7 @@ from adapters.registry import get_method
 from adapters.serving.bank import KindRows, ProjectionShape, SlotContents
 from adapters.serving.factors import SharedFactors, torch_product
 from adapters.serving.grouped import Groups, grouped_matmul, grouped_matmul_reference
+from adapters.serving.pages import zero_and_release
 from adapters.svd_cache import BaseFactors
 from router.step_routing import RequestRoute, ResidentEntry, build_host_rows, device_rows
 
@@ -139,3 +141,15 @@ def test_lora_bank_matches_reference_and_clears(set_dirs, base: BaseModelInfo, f
     cleared = x @ W.T
     bank.apply(x, cleared, rows)
     assert_close(cleared, x @ W.T)
+
+
+def test_released_slot_reads_zero_and_gives_its_pages_back() -> None:
+    bank = torch.randn(3, 1 << 24)  # 64 MiB per slot, every page touched
+    before = bank.clone()
+    rss = psutil.Process().memory_info().rss
+    zero_and_release(bank[1])
+    assert rss - psutil.Process().memory_info().rss > 48 << 20
+    assert bool((bank[1] == 0).all())
+    assert_close(bank[0], before[0]) and assert_close(bank[2], before[2])
+    bank[1, 5] = 7.0  # the slot is writable again
+    assert bank[1, 5].item() == 7.0

@@ -52,6 +52,7 @@ def adapter_server_args(adapter_root: Path, startup_sets_dir: Path) -> list[str]
         "--adapter-root", str(adapter_root),
         "--adapter-sets", str(startup_sets_dir),
         "--adapter-memory-budget", str(ADAPTER_MEMORY_BUDGET),
+        "--max-adapter-sets", "8",  # room for versions that drain while tests replace sets
     ]  # fmt: skip
 
 
