@@ -104,6 +104,12 @@ class AdapterPathMissing(RouterError):
         super().__init__(f"No adapter-set directory at '{path}'.", param="path")
 
 
+class AdapterEngineLoadFailed(RouterError):
+    """A validated set failed to load inside the engine; it was removed from every rank."""
+
+    code = "adapter_load_failed"
+
+
 class AdapterCapacityExceeded(RouterError):
     """The set does not fit the engine's fixed adapter capacity (slots per method, shapes)."""
 

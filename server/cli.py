@@ -38,6 +38,7 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option(help=_help("max_model_len"))] = None,
     kv_cache_gib: Annotated[float | None, typer.Option(help=_help("kv_cache_gib"))] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option(help=_help("tensor_parallel_size"))] = None,
+    pipeline_parallel_size: Annotated[int | None, typer.Option(help=_help("pipeline_parallel_size"))] = None,
     cpu_threads: Annotated[int | None, typer.Option(help=_help("cpu_threads"))] = None,
     admin_token: Annotated[str | None, typer.Option(help=_help("admin_token"))] = None,
     adapter_sets: Annotated[Path | None, typer.Option(help=_help("adapter_sets"))] = None,

@@ -22,6 +22,7 @@ from router.errors import (
     AdapterSetExists,
     AdapterSetNotFound,
     AdapterCapacityExceeded,
+    AdapterEngineLoadFailed,
     MemoryBudgetExceeded,
     PathNotAllowed,
     RouterError,
@@ -91,6 +92,7 @@ ERROR_STATUSES: tuple[ErrorStatus, ...] = (
     ErrorStatus(AdapterPathMissing, 422, "invalid_request_error", None),
     ErrorStatus(MemoryBudgetExceeded, 507, "insufficient_storage", None),
     ErrorStatus(AdapterCapacityExceeded, 507, "insufficient_storage", None),
+    ErrorStatus(AdapterEngineLoadFailed, 422, "invalid_request_error", None),
     ErrorStatus(RouterError, 400, "invalid_request_error", None),  # ambiguous or malformed tags, bad names
     ErrorStatus(AdapterError, 422, "invalid_request_error", None),  # every failed validation of a set
 )

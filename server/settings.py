@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.metrics import DEFAULT_LATENCY_BUCKETS, DEFAULT_MAX_TASKS, parse_buckets
@@ -18,7 +18,7 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORTHOSERVE_", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="ORTHOSERVE_", protected_namespaces=(), populate_by_name=True)
 
     model: Path | None = Field(
         default=None,
@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     )
     kv_cache_gib: float = Field(default=1.0, gt=0, description="Memory reserved for the KV cache, in GiB.")
     tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel degree passed to vLLM.")
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, description="Pipeline-parallel degree passed to vLLM; above 1 only without adapter capacity."
+    )
+    cpu_threads_bind: str | None = Field(
+        default=None,
+        validation_alias="VLLM_CPU_OMP_THREADS_BIND",
+        description="vLLM's CPU core lists per worker (e.g. \"0|1\"); unset: one worker unpinned, tensor-parallel "
+        "workers on cores of their own, chosen by the server.",
+    )
     cpu_threads: int = Field(
         default=1, ge=1, description="Torch threads of the CPU engine worker (1 decodes fastest on small CPUs)."
     )
@@ -91,6 +100,16 @@ class Settings(BaseSettings):
         default=DEFAULT_LATENCY_BUCKETS,
         description="Latency histogram bucket upper bounds in seconds, comma-separated and increasing.",
     )
+
+    @model_validator(mode="after")
+    def _no_adapters_across_pipeline_stages(self) -> Settings:
+        can_load_sets = bool(self.admin_token or self.adapter_sets) and bool(self.adapter_kinds)
+        if self.pipeline_parallel_size > 1 and can_load_sets:
+            raise ValueError(
+                "adapter sets are not served on pipeline-parallel engines (vLLM 0.32's CPU engine cannot run "
+                "pipeline parallelism at all); use --tensor-parallel-size, or serve the base model only"
+            )
+        return self
 
     @field_validator("metrics_buckets", mode="before")
     @classmethod

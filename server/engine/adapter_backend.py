@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from adapters.base_model import BaseModelInfo
 from adapters.format import read_manifest
 from adapters.svd_cache import ensure_base_factors
+from router.errors import AdapterEngineLoadFailed
 from router.step_routing import RequestRoute
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
@@ -60,7 +61,13 @@ class AdapterEngineBackend:
         self._kinds[slot] = manifest.kind
         try:
             args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
-            return max(await self._engine.collective_rpc("orthoserve_load_slot", args=args))
+            try:
+                per_rank = await self._engine.collective_rpc("orthoserve_load_slot", args=args)
+            except Exception as error:
+                # Some rank failed: the others may hold the set. Drop it everywhere, then report.
+                await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
+                raise AdapterEngineLoadFailed(f"The engine could not load the set: {error}") from error
+            return max(per_rank)  # bytes on the most loaded rank
         except BaseException:
             self._kinds.pop(slot, None)
             raise

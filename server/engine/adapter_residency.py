@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from adapters.format import read_validated_set
+from adapters.format import AdapterSet, read_validated_set
 from adapters.registry import get_method
 from adapters.serving.bank import MethodCapacity, ProjectionBank, ProjectionShape, SlotContents, compute_dtype
 from adapters.serving.factors import ProductFactory, SharedFactors
@@ -99,19 +99,31 @@ class WorkerAdapters:
         task_rows = self.task_rows[kind].allocate(method.serving.task_rows_needed(adapter_set.config, len(adapter_set.tasks)))
         rows_tensor = torch.tensor(task_rows, dtype=torch.long, device=self.device)
         bank_slot = self.free_slots[kind].pop(0)
+        self.entries[slot_id] = ResidentEntry(kind, bank_slot, task_rows)
+        self.entry_bytes[slot_id] = 0
+        try:
+            self.entry_bytes[slot_id] = self._write(adapter_set, bank_slot, rows_tensor, factors_dir)
+        except BaseException:
+            self.unload(slot_id)  # nothing of a half-written set stays
+            raise
+        return self.entry_bytes[slot_id]
+
+    def _write(self, adapter_set: AdapterSet, bank_slot: int, task_rows: torch.Tensor, factors_dir: pathlib.Path | None) -> int:
+        kind, method = adapter_set.kind, adapter_set.method
         factors = BaseFactors(factors_dir) if factors_dir is not None else None
         nbytes = 0
         for layer, proj, module in adapter_set.modules():
+            if (layer, proj) not in self.layers:
+                continue  # the layer runs on another pipeline stage
+
             def base_factors(layer: int = layer, proj: str = proj):
                 return factors.get(layer, proj)
 
             if method.serving.shares_base_factors:
                 self.shared[(layer, proj)].hold(base_factors, self.shapes[(layer, proj)])
             adapted = self.layers[(layer, proj)]
-            nbytes += adapted.banks[kind][proj].write(bank_slot, SlotContents(module, adapter_set.config, rows_tensor, base_factors))
-            adapted.mark(kind, bank_slot, proj, True)
-        self.entries[slot_id] = ResidentEntry(kind, bank_slot, task_rows)
-        self.entry_bytes[slot_id] = nbytes
+            adapted.mark(kind, bank_slot, proj, True)  # before writing: a failed write is cleared too
+            nbytes += adapted.banks[kind][proj].write(bank_slot, SlotContents(module, adapter_set.config, task_rows, base_factors))
         return nbytes
 
     def unload(self, slot_id: int) -> int:

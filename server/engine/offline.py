@@ -48,11 +48,12 @@ class OfflineEngine:
         capacity: AdapterCapacity | None = None,
         enforce_eager: bool = True,
         tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ) -> None:
         """`capacity`: adapter capacity of the engine (default: every method with its default limits)."""
         vc.check_pinned_version()
         if vc.is_cpu_platform():
-            export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size))
+            export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size * pipeline_parallel_size))
         self.base = describe_base_model(model_dir)
         capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
         self._svd_cache_dir = svd_cache_dir
@@ -68,12 +69,14 @@ class OfflineEngine:
             kv_cache_memory_bytes=int(kv_cache_gib * GiB),
             enforce_eager=enforce_eager,
             tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
             seed=0,
             **capacity.engine_options(max_model_len),
             **stock_lora,
         )
 
     def load(self, slot: int, set_dir: Path) -> int:
+        """Bytes the set takes on the most loaded rank."""
         args = load_slot_args(self.base, self._svd_cache_dir, slot, set_dir)
         return max(self.llm.collective_rpc("orthoserve_load_slot", args=args))
 

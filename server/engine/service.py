@@ -109,6 +109,7 @@ class EngineService:
             max_model_len=settings.max_model_len,
             kv_cache_memory_bytes=int(settings.kv_cache_gib * GiB),
             tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
             enforce_eager=settings.enforce_eager,
             # Stats on: vLLM then stamps each request's queue/prefill/decode times (request metrics).
             disable_log_stats=False,
@@ -119,7 +120,11 @@ class EngineService:
         vc.check_pinned_version()
         started = time.monotonic()
         if vc.is_cpu_platform():
-            export_environment(vc.cpu_worker_thread_env(self.settings.cpu_threads))
+            settings = self.settings
+            threads = vc.cpu_worker_thread_env(settings.cpu_threads, settings.tensor_parallel_size, settings.cpu_threads_bind)
+            export_environment(threads)
+            if settings.tensor_parallel_size > 1 and settings.cpu_threads_bind is None:
+                logger.info("Tensor-parallel CPU workers bound to cores %s (set VLLM_CPU_OMP_THREADS_BIND to choose)", threads["VLLM_CPU_OMP_THREADS_BIND"])
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self._engine = vc.AsyncLLM.from_engine_args(self.engine_args())
         self.max_model_len = self._engine.model_config.max_model_len

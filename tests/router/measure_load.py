@@ -1,11 +1,14 @@
-"""Measure adapter-set load latency and resident memory on a real server (a manual benchmark, not a test).
+"""Measure adapter-set load and replace latency and resident memory on a real server (a manual
+benchmark, not a test).
 
     python -m tests.router.measure_load --model ~/.cache/orthoserve/models/SmolLM2-135M-Instruct
 
-Writes MoORE sets (paper initialisation, 1 and 9 tasks) for the model, starts `orthoserve serve`
+Writes MoORE sets (paper hyper-parameters, 1 and 9 tasks) for the model, starts `orthoserve serve`
 with an admin token, loads one set once to warm the SVD factor cache, then loads it `--loads` times
-under fresh names (each unloaded again, while a 1-task set stays resident) and prints p50/p95 of the server-side load time, the engine
-bytes per resident set and per task, and the RSS of the server's process tree with one set resident.
+under fresh names (each unloaded again, while a 1-task set stays resident), then replaces one name
+`--loads` times (`"replace": true`, alternating two 9-task sets), and prints p50/p95 of the
+server-side load and replace times, the engine bytes per resident set and per task, and the RSS of
+the server's process tree with one set resident.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="orthoserve-load-"))
     base = describe_base_model(args.model)
     nine = init_adapter_set(work / "sets" / "csr9", kind="moore", base=base, tasks=CSR_TASKS)
+    nine_b = init_adapter_set(work / "sets" / "csr9b", kind="moore", base=base, tasks=CSR_TASKS, mode="random", seed=1)
     one = init_adapter_set(work / "sets" / "csr1", kind="moore", base=base, tasks=CSR_TASKS[:1])
     with start_server(args.model, "base", work / "server.log", ["--adapter-root", str(work / "sets")]) as server:
         admin = httpx.Client(
@@ -66,6 +70,11 @@ def main() -> None:
             client_seconds.append(time.perf_counter() - started)
             server_seconds.append(info["load_seconds"])
             admin.delete(f"/v1/adapter-sets/s{index}", params={"wait": True})
+        replace_seconds = []
+        for index in range(args.loads):
+            path = (nine, nine_b)[index % 2].path
+            response = admin.post("/v1/adapter-sets", json={"name": "mtl", "path": str(path), "replace": True}).json()
+            replace_seconds.append(response["load_seconds"])
     per_task = (info["bytes"] - single["bytes"]) / (len(CSR_TASKS) - 1)
     print(f"first load (cold SVD cache unless already cached): {cold['load_seconds']:.2f} s")
     print(
@@ -74,6 +83,10 @@ def main() -> None:
         f"p95 {percentile(client_seconds, 0.95):.3f} s"
     )
     print("server load seconds:", " ".join(f"{value:.2f}" for value in server_seconds))
+    print(
+        f"replace over {args.loads}: server p50 {statistics.median(replace_seconds):.3f} s, "
+        f"p95 {percentile(replace_seconds, 0.95):.3f} s"
+    )
     print(f"engine bytes per resident set: 9 tasks {info['bytes']:,}, 1 task {single['bytes']:,}")
     print(f"engine bytes per task: {per_task:,.0f}")
     print(f"server tree RSS: {rss_before:,} before, {rss_loaded:,} with the first set (incl. shared SVD factors)")

@@ -14,8 +14,10 @@ import pytest
 from adapters.badit.config import BaditConfig
 from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
+from adapters.lora.config import LoraConfig
 from adapters.reference import reference_greedy
 from router.target import BASE_TARGET, RouteTarget
+from server.engine.capacity import AdapterCapacity
 from server.engine.offline import OfflineEngine, OfflineRequest
 from tiny_model import build_tiny_llama
 
@@ -58,7 +60,11 @@ def set_dirs(tmp_path_factory: pytest.TempPathFactory, tp_model_dir: Path, svd_c
             root / name, kind=kind, base=base, tasks=tasks, mode="random", config=config,
             target_modules=targets, cache_dir=svd_cache_dir, seed=seed + 1,
         )  # fmt: skip
-    return {name: root / name for name in SETS}
+    init_adapter_set(
+        root / "lora-rank-16", kind="lora", base=base, tasks=["chat"], mode="random", config=LoraConfig(rank=16),
+        target_modules=["q_proj", "o_proj"], cache_dir=svd_cache_dir,
+    )  # fmt: skip
+    return {name: root / name for name in [*SETS, "lora-rank-16"]}
 
 
 def requests() -> list[OfflineRequest]:
@@ -75,10 +81,18 @@ def requests() -> list[OfflineRequest]:
 
 
 def run(model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path], tensor_parallel_size: int):
-    engine = OfflineEngine(model_dir, svd_cache_dir, dtype="float32", max_model_len=256, tensor_parallel_size=tensor_parallel_size)
+    capacity = AdapterCapacity.build({"moore": {}, "badit": {}, "lora": {"max_rank": 8}})
+    engine = OfflineEngine(
+        model_dir, svd_cache_dir, dtype="float32", max_model_len=256, tensor_parallel_size=tensor_parallel_size, capacity=capacity
+    )
     try:
         loaded = [engine.load(slot, set_dirs[name]) for slot, name in enumerate(SETS, start=1)]
-        return engine.generate(requests()), loaded, engine.resident_bytes()
+        resident = engine.resident_bytes()
+        # A set the workers cannot hold (rank 16 > 8) fails inside them and leaves nothing behind on any rank.
+        with pytest.raises(Exception, match="size of tensor"):
+            engine.load(99, set_dirs["lora-rank-16"])
+        assert engine.resident_bytes() == resident
+        return engine.generate(requests()), loaded, resident
     finally:
         engine.shutdown()
 
