@@ -106,6 +106,9 @@ class WorkerAdapters:
         except BaseException:
             self.unload(slot_id)  # nothing of a half-written set stays
             raise
+        finally:
+            del adapter_set
+            release_freed_memory()  # the file's tensors, read only to fill the slot
         return self.entry_bytes[slot_id]
 
     def _write(self, adapter_set: AdapterSet, bank_slot: int, task_rows: torch.Tensor, factors_dir: pathlib.Path | None) -> int:
