@@ -18,7 +18,9 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -76,19 +78,56 @@ def expected_factor_shapes(base: BaseModelInfo) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+class StoredFactors:
+    """The factors of one projection in a cache file, each tensor read on first use (a set that needs
+    only V, or only the top k triplets, reads only that)."""
+
+    def __init__(self, handle: Any, layer: int, proj: str) -> None:
+        self._handle = handle
+        self._layer = layer
+        self._proj = proj
+
+    def _read(self, factor: str) -> torch.Tensor:
+        return self._handle.get_tensor(factor_name(self._layer, self._proj, factor))
+
+    @cached_property
+    def U(self) -> torch.Tensor:  # noqa: N802 - the method's notation
+        return self._read("U")
+
+    @cached_property
+    def S(self) -> torch.Tensor:  # noqa: N802
+        return self._read("S")
+
+    @cached_property
+    def V(self) -> torch.Tensor:  # noqa: N802
+        return self._read("V")
+
+    def top(self, k: int) -> SvdFactors:
+        """The k largest singular triplets, reading k columns only."""
+        def columns(factor: str) -> torch.Tensor:
+            return self._handle.get_slice(factor_name(self._layer, self._proj, factor))[:, :k].contiguous()
+
+        return SvdFactors(columns("U"), self._handle.get_slice(factor_name(self._layer, self._proj, "S"))[:k], columns("V"))
+
+    def reconstruct(self) -> torch.Tensor:
+        return SvdFactors(self.U, self.S, self.V).reconstruct()
+
+
 class BaseFactors:
-    """Read access to one verified cache folder; factors are loaded on first use and kept."""
+    """Read access to one verified cache folder, through one memory-mapped handle; each projection's
+    factors are read on first use and kept."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._loaded: dict[tuple[int, str], SvdFactors] = {}
+        self._handle: Any = None
+        self._loaded: dict[tuple[int, str], StoredFactors] = {}
 
-    def get(self, layer: int, proj: str) -> SvdFactors:
+    def get(self, layer: int, proj: str) -> StoredFactors:
+        if self._handle is None:
+            self._handle = safe_open(str(self.folder / FACTORS_FILE), framework="pt")
         key = (layer, proj)
         if key not in self._loaded:
-            with safe_open(str(self.folder / FACTORS_FILE), framework="pt") as handle:
-                U, S, V = (handle.get_tensor(factor_name(layer, proj, f)) for f in ("U", "S", "V"))
-            self._loaded[key] = SvdFactors(U, S, V)
+            self._loaded[key] = StoredFactors(self._handle, layer, proj)
         return self._loaded[key]
 
 

@@ -133,41 +133,23 @@ class AdapterRegistry:
         return loaded
 
     async def _load_exclusive(self, name: str, set_dir: Path) -> ResidentVersion:
+        """Full validation (in a thread) and the engine load run at the same time; nothing is published
+        unless both succeed, and a set that fails validation is unloaded again. The engine only reads
+        files: a bad one fails there too, and the validator's error, which names the problem, wins."""
         started = time.perf_counter()
-        description: SetDescription | None = None
+        validation: asyncio.Future[SetDescription] | None = None
         try:
-            description = await asyncio.to_thread(self._validator, set_dir)
-            entry = await self._load_into_engine(name, set_dir, description, started)
+            needed = await asyncio.to_thread(self._validator.estimate, set_dir)
+            self._check_budget(name, needed)
+            validation = asyncio.ensure_future(asyncio.to_thread(self._validator, set_dir))
+            slot, nbytes = await self._load_alongside(name, set_dir, needed, validation)
+            description = validation.result()
         except Exception as error:
-            self._notify_failed(description, error)
+            self._notify_failed(_description_if_valid(validation), error)
             raise
         finally:
             self._busy.discard(name)
-        previous = self._published.get(name)
-        self._published[name] = entry
-        self._resident[entry.slot] = entry
-        self._last_version[name] = entry.version
-        if self._observer is not None:
-            self._observer.set_loaded(entry.name, entry.kind, entry.version, entry.nbytes, entry.load_seconds)
-        logger.info("loaded adapter set %s (%s, %d bytes, %.2fs)", entry.label, entry.kind, entry.nbytes, entry.load_seconds)
-        if previous is not None:
-            await self._retire(previous)
-        return entry
-
-    async def _load_into_engine(
-        self, name: str, set_dir: Path, description: SetDescription, started: float
-    ) -> ResidentVersion:
-        self._check_budget(name, description.nbytes)
-        self._reserved_bytes += description.nbytes
-        slot = next(self._slots)
-        try:
-            nbytes = await self._backend.load(slot, set_dir)
-        finally:
-            self._reserved_bytes -= description.nbytes
-        if self.memory_budget is not None and self.used_bytes + self._reserved_bytes + nbytes > self.memory_budget:
-            await self._backend.unload(slot)
-            raise MemoryBudgetExceeded(name, nbytes, self.used_bytes + self._reserved_bytes, self.memory_budget)
-        return ResidentVersion(
+        entry = ResidentVersion(
             name=name,
             version=self._last_version.get(name, 0) + 1,
             slot=slot,
@@ -179,6 +161,40 @@ class AdapterRegistry:
             load_seconds=time.perf_counter() - started,
             loaded_at=time.time(),
         )
+        previous = self._published.get(name)
+        self._published[name] = entry
+        self._resident[entry.slot] = entry
+        self._last_version[name] = entry.version
+        if self._observer is not None:
+            self._observer.set_loaded(entry.name, entry.kind, entry.version, entry.nbytes, entry.load_seconds)
+        logger.info("loaded adapter set %s (%s, %d bytes, %.2fs)", entry.label, entry.kind, entry.nbytes, entry.load_seconds)
+        if previous is not None:
+            await self._retire(previous)
+        return entry
+
+    async def _load_alongside(
+        self, name: str, set_dir: Path, needed: int, validation: asyncio.Future[SetDescription]
+    ) -> tuple[int, int]:
+        """(slot, bytes) of the set loaded into the engine while `validation` runs; on any failure the
+        engine holds nothing of it."""
+        self._reserved_bytes += needed
+        slot = next(self._slots)
+        try:
+            nbytes = await self._backend.load(slot, set_dir)
+        except BaseException:
+            await asyncio.wait([validation])
+            validation.result()  # the validator's error, if the set is bad, explains the failure best
+            raise
+        finally:
+            self._reserved_bytes -= needed
+        try:
+            await validation
+            if self.memory_budget is not None and self.used_bytes + self._reserved_bytes + nbytes > self.memory_budget:
+                raise MemoryBudgetExceeded(name, nbytes, self.used_bytes + self._reserved_bytes, self.memory_budget)
+        except BaseException:
+            await self._backend.unload(slot)
+            raise
+        return slot, nbytes
 
     def _check_budget(self, name: str, needed: int) -> None:
         if self.memory_budget is None:
@@ -232,3 +248,9 @@ class AdapterRegistry:
         if self._observer is not None:
             self._observer.set_unloaded(entry.name, entry.kind, entry.version)
         logger.info("unloaded adapter set %s (%d bytes freed)", entry.label, entry.nbytes)
+
+
+def _description_if_valid(validation: asyncio.Future[SetDescription] | None) -> SetDescription | None:
+    if validation is None or not validation.done() or validation.cancelled() or validation.exception() is not None:
+        return None
+    return validation.result()

@@ -67,14 +67,20 @@ class Events:
         self.log.append(("failed", kind, code))
 
 
-def describe(set_dir: Path) -> SetDescription:
-    if set_dir.name == "broken":
-        raise InvalidSet("layer 0 q_proj: expected (8, 128), found (8, 64)")
-    if set_dir.name == "routed":
-        return SetDescription(kind="badit", tasks=("summarise", "classify"), input_routed=True, nbytes=900)
-    if set_dir.name == "single":
-        return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
-    return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
+class Validator:
+    """Full validation fails for "broken" (its manifest alone looks fine, as a shape error would)."""
+
+    def __call__(self, set_dir: Path) -> SetDescription:
+        if set_dir.name == "broken":
+            raise InvalidSet("layer 0 q_proj: expected (8, 128), found (8, 64)")
+        if set_dir.name == "routed":
+            return SetDescription(kind="badit", tasks=("summarise", "classify"), input_routed=True, nbytes=900)
+        if set_dir.name == "single":
+            return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
+        return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
+
+    def estimate(self, set_dir: Path) -> int:
+        return 900
 
 
 @pytest.fixture
@@ -87,7 +93,7 @@ def parts(tmp_path):
     for name in ("mtl", "mtl2", "broken", "routed", "single"):
         (tmp_path / name).mkdir()
     backend, events = MemorySlots(), Events()
-    registry = AdapterRegistry(backend, describe, BASE, roots=AdapterRoots([tmp_path]), observer=events)
+    registry = AdapterRegistry(backend, Validator(), BASE, roots=AdapterRoots([tmp_path]), observer=events)
     return registry, backend, events, tmp_path
 
 
