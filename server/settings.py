@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from adapters.registry import registered_methods
 from server.metrics import DEFAULT_LATENCY_BUCKETS, DEFAULT_MAX_TASKS, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -84,12 +85,12 @@ class Settings(BaseSettings):
     max_moore_sets: int | None = Field(default=None, ge=1, description="MoORE set versions resident at once (default 4).")
     max_badit_sets: int | None = Field(default=None, ge=1, description="BADIT set versions resident at once (default 4).")
     max_lora_sets: int | None = Field(default=None, ge=1, description="LoRA adapters resident at once (default 32).")
-    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank a slot holds.")
-    max_moore_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
-    max_moore_householder: int = Field(default=8, ge=1, description="Largest MoORE Householder count h.")
-    max_moore_router_width: int = Field(default=128, ge=1, description="Largest MoORE router width E.")
-    max_badit_rank: int = Field(default=32, ge=1, description="Largest BADIT K·r (top triplets split into experts).")
-    max_badit_experts: int = Field(default=8, ge=1, description="Largest BADIT expert count K.")
+    max_lora_rank: int | None = Field(default=None, ge=1, description="Largest LoRA rank a slot holds (default 16).")
+    max_moore_tasks: int | None = Field(default=None, ge=1, description="Tasks of all resident MoORE sets together (default 256).")
+    max_moore_householder: int | None = Field(default=None, ge=1, description="Largest MoORE Householder count h (default 8).")
+    max_moore_router_width: int | None = Field(default=None, ge=1, description="Largest MoORE router width E (default 128).")
+    max_badit_rank: int | None = Field(default=None, ge=1, description="Largest BADIT K·r (top triplets split into experts) (default 32).")
+    max_badit_experts: int | None = Field(default=None, ge=1, description="Largest BADIT expert count K (default 8).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     metrics_max_tasks: int = Field(
         default=DEFAULT_MAX_TASKS,
@@ -100,6 +101,15 @@ class Settings(BaseSettings):
         default=DEFAULT_LATENCY_BUCKETS,
         description="Latency histogram bucket upper bounds in seconds, comma-separated and increasing.",
     )
+
+    @field_validator("adapter_kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        known = registered_methods()
+        unknown = [kind for kind in kinds if kind not in known]
+        if unknown:
+            raise ValueError(f"unknown adapter kinds {unknown}; known: {sorted(known)}")
+        return kinds
 
     @model_validator(mode="after")
     def _no_adapters_across_pipeline_stages(self) -> Settings:

@@ -21,6 +21,7 @@ register_method(
             make_bank=lambda capacity, shape, device, dtype, shared: serving.BaditBank(capacity, shape, device, dtype),
             capacity_limits=serving.capacity_limits,
             task_rows_needed=serving.task_rows_needed,
+            whole_prompt_prefill=True,
         ),
         default_targets=("gate_proj",),
         input_routed=lambda config: config.routing == "input",

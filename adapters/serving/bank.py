@@ -158,3 +158,5 @@ class MethodServing:
     # (config, n_tasks) -> rows the set takes in the method's task pool
     task_rows_needed: Callable[..., int] = lambda config, n_tasks: 0
     shares_base_factors: bool = False  # holds the base U, S, V once per engine (MoORE)
+    # routes a prompt on all of its tokens (BADIT): prefilled in one piece, never from cached prefix KV
+    whole_prompt_prefill: bool = False

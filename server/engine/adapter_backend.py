@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from adapters.base_model import BaseModelInfo
 from adapters.format import read_manifest
+from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
 from router.step_routing import RequestRoute
@@ -105,4 +106,5 @@ def request_routing(target: RouteTarget) -> EngineRouting:
     if target.is_base:
         return EngineRouting(None, None, False)
     extra_args = RequestRoute(slot=target.slot, task_index=target.task_index).to_extra_args()
-    return EngineRouting(extra_args, f"{target.set_name}@{target.version}/{target.task}", target.kind == "badit")
+    whole_prompt = get_method(target.kind).serving.whole_prompt_prefill
+    return EngineRouting(extra_args, f"{target.set_name}@{target.version}/{target.task}", whole_prompt)

@@ -20,7 +20,6 @@ from server.settings import Settings
 WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
 CAPACITY_KEY = "orthoserve"
 _MIN_BATCHED_TOKENS = 2048
-_WHOLE_PROMPT_KINDS = ("badit",)  # prefill routing averages over the whole prompt: no chunked prefill
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class AdapterCapacity:
             "worker_extension_cls": WORKER_EXTENSION,
             "additional_config": {CAPACITY_KEY: {kind: c.model_dump() for kind, c in self.methods.items()}},
         }
-        if any(kind in self.methods for kind in _WHOLE_PROMPT_KINDS):
+        if any(get_method(kind).serving.whole_prompt_prefill for kind in self.methods):
             options["enable_chunked_prefill"] = False
             options["max_num_batched_tokens"] = max(max_model_len, _MIN_BATCHED_TOKENS)
         return options
@@ -76,20 +75,15 @@ def capacity_from_settings(settings: Settings) -> AdapterCapacity:
     API or start-up sets); otherwise none, and the engine is the stock model."""
     if not (settings.admin_token or settings.adapter_sets):
         return AdapterCapacity({})
-    per_kind = {
-        "moore": {
-            "max_sets": settings.max_moore_sets or settings.max_adapter_sets,
-            "max_tasks": settings.max_moore_tasks,
-            "max_householder": settings.max_moore_householder,
-            "max_router_width": settings.max_moore_router_width,
-        },
-        "badit": {
-            "max_sets": settings.max_badit_sets or settings.max_adapter_sets,
-            "max_rank": settings.max_badit_rank,
-            "max_experts": settings.max_badit_experts,
-        },
-        "lora": {"max_sets": settings.max_lora_sets or settings.max_adapter_sets, "max_rank": settings.max_lora_rank},
-    }
-    return AdapterCapacity.build(
-        {kind: {k: v for k, v in fields.items() if v is not None} for kind, fields in per_kind.items() if kind in settings.adapter_kinds}
-    )
+    fields = {}
+    for kind in settings.adapter_kinds:
+        given = {}
+        # Each capacity field `max_<limit>` of a method is the setting `max_<kind>_<limit>`.
+        for name in get_method(kind).serving.capacity_cls.model_fields:
+            value = getattr(settings, f"max_{kind}_{name.removeprefix('max_')}", None)
+            if name == "max_sets":
+                value = value or settings.max_adapter_sets
+            if value is not None:
+                given[name] = value
+        fields[kind] = given
+    return AdapterCapacity.build(fields)
