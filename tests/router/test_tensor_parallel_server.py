@@ -18,7 +18,6 @@ import pytest
 from server_process import RunningServer, start_server
 
 from adapters.base_model import describe_base_model
-from adapters.moore.config import MooreConfig
 from tests.router.adapter_sets import make_broken_set, make_set
 from tests.tiny_model import build_tiny_llama
 
@@ -54,8 +53,8 @@ def test_load_replace_under_traffic_unload_and_bad_set(tp_server) -> None:
     base = describe_base_model(model)
     cache = root.parent / "cache" / "svd"
     sets = {
-        "v1": make_set(root / "v1", base, seed=1, config=MooreConfig(router_width=512), svd_cache_dir=cache),
-        "v2": make_set(root / "v2", base, seed=2, config=MooreConfig(router_width=512), svd_cache_dir=cache),
+        "v1": make_set(root / "v1", base, seed=1, svd_cache_dir=cache),
+        "v2": make_set(root / "v2", base, seed=2, svd_cache_dir=cache),
         "lora": make_set(root / "lora", base, kind="lora", tasks=["chat"], seed=3, svd_cache_dir=cache),
         "badit": make_set(root / "badit", base, kind="badit", tasks=["default"], seed=4, svd_cache_dir=cache),
     }
