@@ -23,7 +23,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from adapters.base_model import BaseModelInfo, describe_base_model, hf_weight_name
-from adapters.format import load_adapter_set
+from adapters.errors import AdapterError
+from adapters.format import load_adapter_set, read_manifest
 from adapters.initialise import init_adapter_set
 from adapters.lora.config import LoraConfig
 from router.target import BASE_TARGET, RouteTarget
@@ -95,20 +96,26 @@ class _Sets:
 
 def _make_sets(config: BenchConfig, base: BaseModelInfo, log: Callable[[str], None]) -> _Sets:
     root = config.work_dir / "sets"
-    common = dict(base=base, cache_dir=config.svd_cache_dir, mode="random", overwrite=True)
     log(f"writing {config.moore_sets + 1} MoORE, 1 BADIT and {config.lora_resident} LoRA sets under {root}")
-    moore = [
-        init_adapter_set(root / f"moore-{i}", kind="moore", tasks=[f"t{t}" for t in range(config.moore_tasks)], seed=1 + i, **common).path
-        for i in range(config.moore_sets)
-    ]
-    many = init_adapter_set(root / "moore-many", kind="moore", tasks=[f"t{t}" for t in range(config.many_tasks)], seed=99, **common)
-    badit = init_adapter_set(root / "badit", kind="badit", tasks=["default"], seed=100, **common)
+
+    def made(name: str, kind: str, tasks: list[str], seed: int, **options: object) -> Path:
+        """The set under `root/name`, written unless a previous run left the same one there."""
+        path = root / name
+        try:
+            manifest = read_manifest(path)
+            if (manifest.kind, list(manifest.tasks), manifest.base_fingerprint) == (kind, tasks, base.fingerprint):
+                return path
+        except AdapterError:
+            pass
+        common = dict(base=base, cache_dir=config.svd_cache_dir, mode="random", overwrite=True)
+        return init_adapter_set(path, kind=kind, tasks=tasks, seed=seed, **common, **options).path
+
+    moore = [made(f"moore-{i}", "moore", [f"t{t}" for t in range(config.moore_tasks)], 1 + i) for i in range(config.moore_sets)]
+    many = made("moore-many", "moore", [f"t{t}" for t in range(config.many_tasks)], 99)
+    badit = made("badit", "badit", ["default"], 100)
     lora_config = LoraConfig(rank=config.lora_rank)
-    loras = [
-        init_adapter_set(root / f"lora-{i}", kind="lora", tasks=["chat"], seed=1000 + i, config=lora_config, **common).path
-        for i in range(config.lora_resident)
-    ]
-    return _Sets(moore, many.path, badit.path, loras)
+    loras = [made(f"lora-{i}", "lora", ["chat"], 1000 + i, config=lora_config) for i in range(config.lora_resident)]
+    return _Sets(moore, many, badit, loras)
 
 
 def _write_peft_copy(set_dir: Path, out_dir: Path) -> Path:
