@@ -6,8 +6,8 @@ OUT=${1:?output folder}
 PY=${PYTHON:-.venv/bin/python}
 M=$($PY -m server.cli prepare-model)
 mkdir -p "$OUT"
-COMMON=(--base-model "$M" --csr-tasks boolq,arc-e,piqa --per-task 150 --epochs 1 --batch-size 8
-        --loss completion --seed 42 --threads 1 --checkpoint-every 20 --no-progress --overwrite)
+COMMON=(--base-model "$M" --csr-tasks boolq,arc-e,piqa --per-task 150 --epochs 1 --batch-size 4
+        --loss completion --seed 42 --threads 1 --checkpoint-every 40 --no-progress --overwrite)
 export OMP_NUM_THREADS=1
 for kind in moore lora badit; do
     extra=()

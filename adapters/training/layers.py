@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from adapters.badit.math import ability_weights, residual_weight
-from adapters.moore.math import gate, rotate_explicit, task_vectors
+from adapters.moore.math import gate, rotate_and_project_wy, task_vectors
 from adapters.svd_cache import SvdFactors
 
 
@@ -57,7 +57,7 @@ class TrainableMoore(TrainableLayer):
         batch, length, _ = x.shape
         p = self.adapter
         rows = x.reshape(batch * length, -1).to(torch.float32)  # (B·T, in)
-        z = rotate_explicit(rows, p["Y"]) @ self.V  # (B·T, d)
+        z = rotate_and_project_wy(rows, p["Y"], self.V)  # (B·T, d); rank-h form: no per-reflection activations kept
         c = task_vectors(p["T"], p["Emb"]).index_select(0, self.context.task_ids)  # (B, d)
         g = gate(rows, self.S, c.repeat_interleave(length, dim=0), p["G"], p["G_up"])  # (B·T, d)
         y = (z * g) @ self.U.T  # (B·T, out)
