@@ -8,8 +8,8 @@ KINDS=("${@:-moore lora badit}")
 PY=${PYTHON:-.venv/bin/python}
 M=$($PY -m server.cli prepare-model)
 mkdir -p "$OUT"
-COMMON=(--base-model "$M" --csr-tasks boolq,arc-e,piqa --per-task 64 --epochs 1 --batch-size 4
-        --loss completion --seed 42 --threads 1 --checkpoint-every 16 --overwrite)
+COMMON=(--base-model "$M" --csr-tasks boolq,arc-e,piqa --per-task 32 --epochs 1 --batch-size 4
+        --loss completion --seed 42 --threads 1 --checkpoint-every 8 --overwrite)
 export OMP_NUM_THREADS=1
 for kind in ${KINDS[*]}; do
     extra=()
