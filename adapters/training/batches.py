@@ -26,6 +26,9 @@ class Batch:
     labels: torch.Tensor  # (B, T), IGNORE where no loss is taken
     task_ids: torch.Tensor  # (B,)
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(tensor.to(device) for tensor in (self.input_ids, self.attention_mask, self.labels, self.task_ids)))
+
 
 def encode(
     examples: list[Example], tokenizer: PreTrainedTokenizerBase, task_index: dict[str, int], max_length: int

@@ -15,7 +15,6 @@ from adapters.errors import AdapterError
 from adapters.training.csr import TRAIN_TASKS, csr_train_examples
 from adapters.training.examples import Example, TrainingInputError, read_jsonl
 from adapters.training.settings import resolve_settings
-from adapters.training.trainer import describe_run, prepare_run, train
 
 
 class Kind(str, enum.Enum):
@@ -58,6 +57,8 @@ def train_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="tqdm progress bar.")] = True,
 ) -> None:
     """Train an adapter set on multi-task data (defaults follow the method's official code; all printed at start)."""
+    from adapters.training.trainer import describe_run, prepare_run, train
+
     try:
         settings = resolve_settings(
             kind.value,

@@ -36,7 +36,7 @@ class TrainableLayer(nn.Module):
 
     def export(self) -> dict[str, torch.Tensor]:
         """The set's tensors of this module, fp32, detached."""
-        return {name: param.detach().clone() for name, param in self.adapter.items()}
+        return {name: param.detach().cpu().clone() for name, param in self.adapter.items()}
 
     def _finish(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if self.base.bias is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.training.examples import TrainingInputError
@@ -34,6 +35,12 @@ class TrainSettings(BaseModel):
     train_gate: bool = Field(True, description="BADIT: train the gate G (the official code leaves it random).")
     seed: int = Field(42, ge=0, description="Seed of the initialisation and the data order.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the frozen base weights.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingInputError("--device cuda was asked for but no CUDA device is available.")
+        return torch.device("cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {

@@ -24,7 +24,7 @@ from adapters.format import AdapterSet, save_adapter_set
 from adapters.moore.config import MooreConfig
 from adapters.registry import MethodConfig, get_method
 from adapters.svd_cache import base_factors
-from adapters.training.batches import Encoded, collate, encode, epoch_order
+from adapters.training.batches import Batch, collate, encode, epoch_order
 from adapters.training.checkpoints import CheckpointStore
 from adapters.training.dog import regroup_permutation
 from adapters.training.examples import Example, TrainingInputError, check_task_name
@@ -153,6 +153,8 @@ def train(run: TrainRun, *, resume: bool = False, progress: bool = True, log: Ca
     trainable = build_trainable_model(
         model, run.base, run.kind, run.config, run.targets, run.tasks, factors, settings.seed, settings.train_gate
     )
+    device = settings.torch_device()
+    model.to(device)
     params = trainable.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / settings.batch_size)
@@ -175,7 +177,7 @@ def train(run: TrainRun, *, resume: bool = False, progress: bool = True, log: Ca
         epoch, index = divmod(step, steps_per_epoch)
         order = epoch_order(len(encoded), settings.seed, epoch)
         items = [encoded[i] for i in order[index * settings.batch_size : (index + 1) * settings.batch_size]]
-        loss = _step(trainable, items, settings, pad_id, optimizer, params)
+        loss = _step(trainable, collate(items, settings.loss, pad_id).to(device), settings, optimizer, params)
         scheduler.step()
         step += 1
         result.losses.append(loss)
@@ -210,13 +212,11 @@ def _task_index(run: TrainRun) -> dict[str, int]:
 
 def _step(
     trainable: TrainableModel,
-    items: list[Encoded],
+    batch: Batch,
     settings: TrainSettings,
-    pad_id: int,
     optimizer: torch.optim.Optimizer,
     params: dict[str, torch.nn.Parameter],
 ) -> float:
-    batch = collate(items, settings.loss, pad_id)
     trainable.context.task_ids = batch.task_ids
     trainable.context.token_mask = batch.attention_mask.bool()
     optimizer.zero_grad(set_to_none=True)
@@ -237,7 +237,7 @@ def _regroup(trainable: TrainableModel, optimizer: torch.optim.Optimizer) -> Non
         if A.grad is None or B.grad is None:
             continue
         K = layer.adapter["G"].shape[0]
-        perm = regroup_permutation(A.grad, B.grad, K, layer.rank)
+        perm = regroup_permutation(A.grad.cpu(), B.grad.cpu(), K, layer.rank).to(A.device)
         with torch.no_grad():
             for param, dim in ((A, 0), (B, 1)):
                 param.copy_(param.index_select(dim, perm))
