@@ -1,36 +1,49 @@
 #!/usr/bin/env bash
 # Score the base model and the sets trained by scripts/quality_train.sh through a real orthoserve server
-# (fp32), and the PyTorch reference on a subset (fidelity). Usage: scripts/quality_eval.sh OUT_DIR [LIMIT] [REF_LIMIT]
+# (fp32), and the PyTorch reference on the first REF_LIMIT items per task (fidelity).
+# Usage: scripts/quality_eval.sh OUT_DIR [ROW ...]    rows: base moore lora badit (default: all)
+# Environment: LIMIT (items per task, default 100), REF_LIMIT (default 20), PORT (default 8391);
+# a server already running on PORT with ADMIN_TOKEN (default quality) is reused, else one is started.
 set -euo pipefail
-OUT=${1:?output folder}
-LIMIT=${2:-100}
-REF_LIMIT=${3:-20}
+OUT=$(cd "${1:?output folder}" && pwd)
+shift
+ROWS=("${@:-base moore lora badit}")
+LIMIT=${LIMIT:-100}
+REF_LIMIT=${REF_LIMIT:-20}
 PORT=${PORT:-8391}
+ADMIN_TOKEN=${ADMIN_TOKEN:-quality}
 PY=${PYTHON:-.venv/bin/python}
 M=$($PY -m server.cli prepare-model)
 TASKS=boolq,arc-e,piqa,sciq,copa
-URL=http://127.0.0.1:$PORT/v1
+URL=http://127.0.0.1:$PORT
 export OMP_NUM_THREADS=1
-$PY -m server.cli serve --model "$M" --dtype float32 --adapter-sets "$OUT/sets" --port "$PORT" \
-    --cpu-threads 1 --max-model-len 1024 > "$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
-    kill -0 $SERVER 2>/dev/null || { echo "server exited; see $OUT/server.log" >&2; exit 1; }
-    sleep 5
-done
-curl -sf "$URL/models" | $PY -c 'import json,sys; print([m["id"] for m in json.load(sys.stdin)["data"]])'
+if ! curl -sf "$URL/health" >/dev/null; then
+    $PY -m server.cli serve --model "$M" --dtype float32 --port "$PORT" --cpu-threads 1 --max-model-len 1024 \
+        --admin-token "$ADMIN_TOKEN" --adapter-root "$OUT/sets" > "$OUT/server.log" 2>&1 &
+    SERVER=$!
+    trap 'kill $SERVER 2>/dev/null || true' EXIT
+    until curl -sf "$URL/health" >/dev/null; do
+        kill -0 $SERVER 2>/dev/null || { echo "server exited; see $OUT/server.log" >&2; exit 1; }
+        sleep 5
+    done
+fi
 # Held-out tasks run on the MoORE task of the most similar format: SciQ (4-way science MC) on arc-e, COPA (2-way) on piqa.
 ROUTES=(--route-task sciq=arc-e --route-task copa=piqa)
 declare -A MODEL=([base]="$(basename "$M")" [moore]="csr-moore/{task}" [lora]=csr-lora [badit]=csr-badit)
-for row in base moore lora badit; do
+for row in ${ROWS[*]}; do
+    fidelity=()
+    if [ "$row" != base ]; then
+        curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -X DELETE "$URL/v1/adapter-sets/csr-$row?wait=true" >/dev/null || true
+        curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -d "{\"name\":\"csr-$row\",\"path\":\"$OUT/sets/csr-$row\"}" \
+            "$URL/v1/adapter-sets" >/dev/null
+        fidelity=(--reference --set-dir "$OUT/sets/csr-$row")
+    fi
     start=$(date +%s)
     $PY -m server.cli eval --base-model "$M" --model "${MODEL[$row]}" --tasks $TASKS --limit "$LIMIT" "${ROUTES[@]}" \
-        --base-url "$URL" --json-out "$OUT/eval-$row.json" | tee "$OUT/eval-$row.txt"
-    echo "wall_seconds=$(( $(date +%s) - start ))" | tee -a "$OUT/eval-$row.txt"
-done
-for row in moore badit; do
-    set_dir="$OUT/sets/csr-$row"
+        --base-url "$URL/v1" --json-out "$OUT/eval-$row.json" > "$OUT/eval-$row.txt"
+    echo "wall_seconds=$(( $(date +%s) - start ))" >> "$OUT/eval-$row.txt"
+    cat "$OUT/eval-$row.txt"
     $PY -m server.cli eval --base-model "$M" --model "${MODEL[$row]}" --tasks $TASKS --limit "$REF_LIMIT" "${ROUTES[@]}" \
-        --base-url "$URL" --reference --set-dir "$set_dir" --json-out "$OUT/fidelity-$row.json" | tee "$OUT/fidelity-$row.txt"
+        --base-url "$URL/v1" --reference ${fidelity[*]} --json-out "$OUT/fidelity-$row.json" > "$OUT/fidelity-$row.txt"
+    cat "$OUT/fidelity-$row.txt"
 done
