@@ -34,7 +34,7 @@ for row in ${ROWS[*]}; do
     fidelity=()
     if [ "$row" != base ]; then
         curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -X DELETE "$URL/v1/adapter-sets/csr-$row?wait=true" >/dev/null || true
-        curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -d "{\"name\":\"csr-$row\",\"path\":\"$OUT/sets/csr-$row\"}" \
+        curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" -d "{\"name\":\"csr-$row\",\"path\":\"$OUT/sets/csr-$row\"}" \
             "$URL/v1/adapter-sets" >/dev/null
         fidelity=(--reference --set-dir "$OUT/sets/csr-$row")
     fi
