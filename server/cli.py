@@ -10,10 +10,14 @@ import typer
 from pydantic import ValidationError
 
 from adapters.cli import app as adapters_app
+from adapters.evaluation.cli import eval_command
+from adapters.training.cli import train_command
 from server.settings import Settings
 
 app = typer.Typer(help="Multi-adapter LLM inference server on vLLM.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
+app.command("train")(train_command)
+app.command("eval")(eval_command)
 
 
 def _help(name: str) -> str:

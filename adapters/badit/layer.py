@@ -23,5 +23,5 @@ def reference_forward(
     if module.task_mixture is not None:
         w = module.task_mixture[task_index].to(torch.float32)  # (K,)
     else:
-        w = ability_weights(masked_mean(x, token_mask), module.G)  # (K,)
+        w = ability_weights(masked_mean(x, token_mask), module.G, module.route_top_k)  # (K,)
     return badit_forward(x, W_res, module.A, module.B, w, module.expert_rank, module.scale)

@@ -30,6 +30,7 @@ class BaditModule:
     num_experts: int
     expert_rank: int
     alpha: float
+    route_top_k: int | None = None  # keep the k largest gate weights, renormalised (None: all K)
 
     @property
     def scale(self) -> float:
@@ -71,6 +72,7 @@ def module_view(tensors: dict[str, torch.Tensor], layer: int, proj: str, config:
         num_experts=config.num_experts,
         expert_rank=config.expert_rank,
         alpha=config.alpha,
+        route_top_k=config.route_top_k,
     )
 
 

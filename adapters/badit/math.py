@@ -3,6 +3,8 @@
 BAD split of the top k = K·r triplets into K contiguous rank-r experts (expert 0 = largest σ),
 PiSSA-style with s = α/r:  B_e = U_e diag(√(S_e/s)),  A_e = diag(√(S_e/s)) V_eᵀ.
 Forward:  y = W_res x + s Σ_e w_e B_e A_e x,  W_res = W − U_k diag(S_k) V_kᵀ,  w = softmax(G x̄).
+With top-k routing (k_route < K, PEFT LoRAMoE's `top_k`), only the k_route largest w_e are kept and
+renormalised to sum to 1; the others are 0.
 A (K·r × in) stacks the A_e, B (out × K·r) concatenates the B_e.
 """
 
@@ -31,9 +33,19 @@ def masked_mean(x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     return (x.to(torch.float32) * weights).sum(0) / weights.sum().clamp(min=1.0)  # (in,)
 
 
-def ability_weights(x_mean: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """w = softmax(G x̄): (K,)."""
-    return torch.softmax(G.to(torch.float32) @ x_mean.to(torch.float32), dim=-1)  # (K, in) @ (in,) → (K,)
+def ability_weights(x_mean: torch.Tensor, G: torch.Tensor, route_top_k: int | None = None) -> torch.Tensor:
+    """w = softmax(G x̄), optionally kept to its top k and renormalised: (..., K) for x̄ (..., in)."""
+    w = torch.softmax(x_mean.to(torch.float32) @ G.to(torch.float32).T, dim=-1)  # (..., in) @ (in, K) → (..., K)
+    return w if route_top_k is None else top_k_renormalise(w, route_top_k)
+
+
+def top_k_renormalise(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest weights of each row of w (..., K), zero the others, rescale the kept ones to sum 1."""
+    if k >= w.shape[-1]:
+        return w
+    kept, index = torch.topk(w, k, dim=-1)  # (..., k)
+    sparse = torch.zeros_like(w).scatter(-1, index, kept)  # (..., K)
+    return sparse / sparse.sum(-1, keepdim=True)
 
 
 def expert_sum(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, w: torch.Tensor, rank: int) -> torch.Tensor:

@@ -6,12 +6,17 @@ Keys per adapted matrix (`<prefix>.layers.{i}.{self_attn|mlp}.{proj}.`):
     moe_gate.task_embedding  Emb   (n_ids, e)   e is not in the config: inferred from this shape
     moe_gate.task_linear     T     (d, e)
     hra_u_in.{k}             y_k   (in, 1), k = 0 … h−1
-Rows of the task table are the fork's fixed task ids (TASK_TABLE); the imported set keeps the rows
-of the tasks asked for, in that order (all known ids by default).
+Rows of the task table are the fork's fixed task ids (TASK_TABLE); the imported set keeps the rows of
+the tasks asked for (`tasks`, official `glue:cola` or orthoserve `glue-cola` spelling), in that order. A
+checkpoint is trained on a few of those tasks and its other rows are random, so the rows must be chosen:
+`all_task_rows=True` keeps every named row and warns which are not known to be trained. A GLUE (NLU-MTL)
+checkpoint's `classifier` head is not part of the adapted layers: it is ignored with a warning (not served).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,10 +29,14 @@ from adapters.moore.config import MooreConfig
 from adapters.tensor_names import tensor_name
 
 # Task id → name, as fixed by the reference code (arc-e 0 … pubmedqa 9, GLUE cola … wnli 10–17).
+# The set's task names use '-' (':' is not allowed in a task name); the official `glue:cola` is accepted.
 TASK_TABLE: tuple[str, ...] = (
     "arc-e", "arc-c", "boolq", "obqa", "piqa", "siqa", "hellaswag", "winogrande", "csqa", "pubmedqa",
     "glue-cola", "glue-mnli", "glue-mrpc", "glue-qnli", "glue-qqp", "glue-rte", "glue-sst2", "glue-wnli",
 )  # fmt: skip
+# adapter_config.json fields that may list the tasks a checkpoint was trained on, checked in this order.
+TRAINED_TASK_FIELDS: tuple[str, ...] = ("task_name", "task_names", "tasks")
+_log = logging.getLogger(__name__)
 
 
 def import_moore_checkpoint(
@@ -36,12 +45,24 @@ def import_moore_checkpoint(
     out_dir: Path | str,
     *,
     tasks: list[str] | None = None,
+    all_task_rows: bool = False,
     name: str | None = None,
     overwrite: bool = False,
+    warn: Callable[[str], None] = _log.warning,
 ) -> AdapterSet:
     source = Path(source)
+    if (tasks is None) == (not all_task_rows):
+        raise ImportFailed(
+            "Choose the task rows to import: --tasks a,b (the tasks the checkpoint was trained on), "
+            "or --all-task-rows to keep every row (untrained rows are random)."
+        )
     config_json = read_config(source)
-    modules = group_by_module(read_state(source, ("adapter_model.bin", "adapter_model.safetensors")))
+    state = read_state(source, ("adapter_model.bin", "adapter_model.safetensors"))
+    heads = sorted(key for key in state if "classifier" in key.split("."))
+    if heads:
+        warn(f"Ignoring the classification head {', '.join(heads)}: orthoserve serves generation, not the GLUE classifier.")
+        state = {key: value for key, value in state.items() if key not in heads}
+    modules = group_by_module(state)
     targets = targets_of(modules, base, config_json.get("target_modules"))
     first = modules[min(modules)]
     h = sum(1 for suffix in first if suffix.startswith("hra_u_in."))
@@ -63,6 +84,12 @@ def import_moore_checkpoint(
     check_keys(modules, expected)
 
     rows = _task_rows(tasks, n_ids)
+    if all_task_rows:
+        trained = _trained_tasks(config_json)
+        unsure = [TASK_TABLE[row] for row in rows if TASK_TABLE[row] not in trained]
+        if unsure:
+            known = "not listed as trained in adapter_config.json" if trained else "not known to be trained"
+            warn(f"Imported task rows {', '.join(unsure)} are {known}: untrained rows are random and serve noise.")
     tensors: dict[str, torch.Tensor] = {}
     for (layer, proj), found in modules.items():
         values = {
@@ -88,6 +115,11 @@ def import_moore_checkpoint(
     )
 
 
+def task_name(official: str) -> str:
+    """orthoserve's spelling of an official task name (`glue:cola` → `glue-cola`)."""
+    return official.strip().replace(":", "-")
+
+
 def _task_rows(tasks: list[str] | None, n_ids: int) -> list[int]:
     if tasks is None:
         if n_ids > len(TASK_TABLE):
@@ -97,8 +129,22 @@ def _task_rows(tasks: list[str] | None, n_ids: int) -> list[int]:
         return list(range(n_ids))
     rows = []
     for task in tasks:
-        if task not in TASK_TABLE or TASK_TABLE.index(task) >= n_ids:
+        name = task_name(task)
+        if name not in TASK_TABLE or TASK_TABLE.index(name) >= n_ids:
             known = ", ".join(TASK_TABLE[: min(n_ids, len(TASK_TABLE))])
             raise ImportFailed(f"Task '{task}' is not in this checkpoint's task table ({known}).")
-        rows.append(TASK_TABLE.index(task))
+        if TASK_TABLE.index(name) in rows:
+            raise ImportFailed(f"Task '{task}' is asked for twice.")
+        rows.append(TASK_TABLE.index(name))
     return rows
+
+
+def _trained_tasks(config_json: dict) -> set[str]:
+    """Task names the config says the checkpoint was trained on (a list, or a string split on ';' or ',')."""
+    for field in TRAINED_TASK_FIELDS:
+        value = config_json.get(field)
+        if isinstance(value, str):
+            value = value.replace(";", ",").split(",")
+        if isinstance(value, list) and value:
+            return {task_name(str(task)) for task in value if str(task).strip()}
+    return set()

@@ -7,6 +7,7 @@ from adapters.badit.math import (
     expert_sum,
     masked_mean,
     residual_weight,
+    top_k_renormalise,
     vector_scaled_lora,
 )
 from adapters.svd_cache import thin_svd
@@ -56,3 +57,14 @@ def test_masked_mean_ignores_padding_and_routing_is_softmax() -> None:
     w = ability_weights(torch.tensor([1.0, 0.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
     torch.testing.assert_close(w.sum(), torch.tensor(1.0))
     assert w[0] > w[1]
+
+
+def test_top_k_renormalise_keeps_the_largest_weights_summing_to_one():
+    w = torch.softmax(torch.tensor([[0.1, 2.0, -1.0, 1.5], [3.0, 0.0, 0.2, 0.1]]), dim=-1)
+    kept = top_k_renormalise(w, 2)
+    assert torch.equal(kept > 0, torch.tensor([[False, True, False, True], [True, False, True, False]]))
+    torch.testing.assert_close(kept.sum(-1), torch.ones(2))
+    torch.testing.assert_close(kept[0, 1] / kept[0, 3], w[0, 1] / w[0, 3])  # the kept ratios are unchanged
+    assert torch.equal(top_k_renormalise(w, 4), w)
+    G, x_mean = torch.randn(4, 8), torch.randn(8)
+    torch.testing.assert_close(ability_weights(x_mean, G, 2), top_k_renormalise(ability_weights(x_mean, G), 2))
