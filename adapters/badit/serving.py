@@ -67,6 +67,7 @@ class BaditBank:
         self.gate_mask = torch.full((slots, K), float("-inf"), device=device, dtype=dtype)  # (slots, K)
         self.expert_of = torch.zeros(slots, k, device=device, dtype=torch.long)  # (slots, k) component → expert
         self.input_routed = torch.zeros(slots, device=device, dtype=torch.bool)  # (slots,)
+        self.route_top_k = torch.zeros(slots, device=device, dtype=torch.long)  # (slots,) experts kept, 0: all
         self.mixtures = stacked(capacity.max_tasks, K, device=device, dtype=dtype)  # (task rows, K)
 
     def write(self, slot: int, contents: SlotContents) -> int:
@@ -85,6 +86,7 @@ class BaditBank:
             self.G_t[slot, :, :K].copy_(shape.input_part(module.G, 1).T)
             self.gate_mask[slot, :K] = 0.0
             self.input_routed[slot] = True
+            self.route_top_k[slot] = module.route_top_k or 0
         else:
             mixtures = torch.zeros(module.task_mixture.shape[0], self.mixtures.shape[1], dtype=self.mixtures.dtype)
             mixtures[:, :K] = module.task_mixture
@@ -98,6 +100,7 @@ class BaditBank:
             zero_and_release(weights[slot])
         self.gate_mask[slot] = float("-inf")
         self.input_routed[slot] = False
+        self.route_top_k[slot] = 0
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         xs = rows.take(x).to(self.W_in.dtype)  # (n, in)
@@ -120,7 +123,17 @@ class BaditBank:
         )  # (segments,)
         logits = logits + self.gate_mask.index_select(0, segment_slot)
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # task-routed slots: all −inf → 0
+        weights = self._keep_top_k(weights, self.route_top_k.index_select(0, segment_slot))
         return weights.index_select(0, rows.segment)  # (n, K)
+
+    @staticmethod
+    def _keep_top_k(weights: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Each row's k largest weights renormalised to sum 1, the others 0; k = 0 keeps the row whole."""
+        K = weights.shape[1]
+        order = torch.argsort(weights, dim=1, descending=True)  # (segments, K)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(K, device=weights.device).expand_as(order))
+        kept = weights * (rank < torch.where(k > 0, k, K).unsqueeze(1))
+        return kept / kept.sum(1, keepdim=True).clamp(min=torch.finfo(kept.dtype).tiny)
 
     @property
     def nbytes(self) -> int:

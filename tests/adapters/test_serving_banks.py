@@ -16,8 +16,10 @@ import torch
 from torch.testing import assert_close
 
 from adapters.badit.math import ability_weights, badit_forward, residual_weight
+from adapters.badit.config import BaditConfig
 from adapters.base_model import BaseModelInfo
 from adapters.format import AdapterSet, load_adapter_set
+from adapters.initialise import init_adapter_set
 from adapters.lora.math import lora_forward
 from adapters.moore.math import moore_forward
 from adapters.registry import get_method
@@ -102,9 +104,19 @@ def test_moore_bank_matches_reference_per_row(set_dirs, base: BaseModelInfo, fac
     assert torch.isnan(out[base_rows]).all(), "rows of other requests are left alone"
 
 
-def test_badit_bank_matches_reference_per_segment(set_dirs, base: BaseModelInfo, factors: BaseFactors) -> None:
+@pytest.fixture(scope="module")
+def badit_top2(tmp_path_factory: pytest.TempPathFactory, base: BaseModelInfo, svd_cache_dir: Path) -> Path:
+    """An input-routed BADIT set that keeps only its 2 strongest experts per request, renormalised."""
+    path = tmp_path_factory.mktemp("top2") / "badit-top2"
+    init_adapter_set(path, kind="badit", base=base, tasks=["default"], mode="random", config=BaditConfig(route_top_k=2), cache_dir=svd_cache_dir, seed=7)
+    return path
+
+
+@pytest.mark.parametrize("input_routed", ["badit-random", "badit-top2"])
+def test_badit_bank_matches_reference_per_segment(set_dirs, badit_top2: Path, base: BaseModelInfo, factors: BaseFactors, input_routed: str) -> None:
     proj = "gate_proj"
-    sets = {"a": load(set_dirs, "badit-tasks", base), "b": load(set_dirs, "badit-random", base)}
+    routed = load_adapter_set(badit_top2, base) if input_routed == "badit-top2" else load(set_dirs, input_routed, base)
+    sets = {"a": load(set_dirs, "badit-tasks", base), "b": routed}
     bank = make_bank("badit", base, proj, factors, {"max_sets": 3, "max_rank": 40, "max_experts": 9, "max_tasks": 16})
     entries = fill(bank, sets, {"a": 1, "b": 2}, proj, factors)
     rows, requests = step_rows(entries, "badit", 3)
@@ -117,7 +129,7 @@ def test_badit_bank_matches_reference_per_segment(set_dirs, base: BaseModelInfo,
     for name, task, batch_rows in requests:
         module = sets[name].module(LAYER, proj)
         xs = x[batch_rows]
-        w = module.task_mixture[task] if module.task_mixture is not None else ability_weights(xs.mean(0), module.G)
+        w = module.task_mixture[task] if module.task_mixture is not None else ability_weights(xs.mean(0), module.G, module.route_top_k)
         W_res = residual_weight(W, f.U, f.S, f.V, module.num_experts * module.expert_rank)
         expected = badit_forward(xs, W_res, module.A, module.B, w, module.expert_rank, module.scale)
         assert_close(out[batch_rows], expected, rtol=1e-4, atol=1e-4)
