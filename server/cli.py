@@ -44,6 +44,8 @@ def serve(
     adapter_roots: Annotated[list[Path] | None, typer.Option("--adapter-root", help=_help("adapter_roots"))] = None,
     adapter_memory_budget: Annotated[int | None, typer.Option(help=_help("adapter_memory_budget"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+    tool_call_parser: Annotated[str | None, typer.Option(help=_help("tool_call_parser"))] = None,
+    enable_auto_tool_choice: Annotated[bool | None, typer.Option(help=_help("enable_auto_tool_choice"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
     metrics_max_tasks: Annotated[int | None, typer.Option(help=_help("metrics_max_tasks"))] = None,
     metrics_buckets: Annotated[str | None, typer.Option(help=_help("metrics_buckets"))] = None,

@@ -60,6 +60,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes of engine memory resident adapter sets may occupy; a load that does not fit is refused.",
     )
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM tool-call parser that reads tool calls out of generated text (e.g. hermes, llama3_json); "
+        "needed for tool_choice \"auto\".",
+    )
+    enable_auto_tool_choice: bool = Field(
+        default=False, description="Let the model choose to call tools (tool_choice \"auto\"); needs --tool-call-parser."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     metrics_max_tasks: int = Field(
         default=DEFAULT_MAX_TASKS,

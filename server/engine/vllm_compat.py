@@ -9,7 +9,7 @@ from __future__ import annotations
 import vllm
 from vllm import LLM
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMClientError, VLLMValidationError
+from vllm.exceptions import VLLMClientError, VLLMError, VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.logprobs import Logprob
 from vllm.lora.request import LoRARequest
@@ -39,6 +39,7 @@ __all__ = [
     "SamplingParams",
     "TokensPrompt",
     "VLLMClientError",
+    "VLLMError",
     "VLLMValidationError",
     "check_pinned_version",
     "cpu_worker_thread_env",
