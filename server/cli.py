@@ -67,6 +67,30 @@ def serve(
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
+def settings_table() -> str:
+    """The Markdown table of `orthoserve serve`'s flags, from the command and `Settings` (docs/settings.md
+    holds it; a test keeps the two equal)."""
+    serve_command = typer.main.get_command(app).commands["serve"]
+    rows = ["| Flag | Environment variable | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for param in serve_command.params:
+        field = Settings.model_fields[param.name]
+        env = f"ORTHOSERVE_{param.name.upper()}"
+        rows.append(f"| `{param.opts[0]}` | `{env}` | {_shown_default(field.get_default(call_default_factory=True))} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, Path):
+        return f"`{str(value).replace(str(Path.home()), '~', 1)}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(f'{item:g}' for item in value)}`"
+    return f"`{value}`"
+
+
 @app.command("prepare-model")
 def prepare_model(
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,

@@ -61,9 +61,10 @@ class EngineUnavailable(DomainError):
 
 
 def is_client_error(exc: BaseException) -> bool:
+    """Whether the request, not the server, is at fault: our own status, or vLLM's classification."""
     if isinstance(exc, DomainError):
         return 400 <= exc.status < 500
-    return isinstance(exc, vc.VLLMClientError)
+    return isinstance(exc, Exception) and vi.create_error_response(exc).error.code < 500
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:

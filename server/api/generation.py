@@ -17,6 +17,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from adapters.errors import DomainError
 from router.batch_routing import ROUTING_KEY
 from server.engine import vllm_internals as vi
 from server.engine.request_scope import RequestScope
@@ -49,6 +50,11 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
             return JSONResponse(result.model_dump(mode="json", by_alias=True), headers=scope.headers)
         events = _in_scope(scope, result)
         first = await until_disconnected(http, anext(events, None))
+    except Exception as exc:
+        scope.fail(exc)
+        if isinstance(exc, DomainError):
+            raise
+        return vllm_error_response(vi.create_error_response(exc))  # bad values vLLM raises as plain errors
     except BaseException as exc:
         scope.fail(exc)
         raise

@@ -9,15 +9,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from server.api.generation import serve_generation
-from server.api.observed_route import observed_route
+from server.api.vllm_route import vllm_route
 from server.deps import EngineDep
 from server.engine import vllm_internals as vi
 from server.errors import vllm_error_response
 
-chat_router = APIRouter(route_class=observed_route("chat"))
-completions_router = APIRouter(route_class=observed_route("completions"))
-responses_router = APIRouter(route_class=observed_route("responses"))
-tokenize_router = APIRouter()
+chat_router = APIRouter(route_class=vllm_route("chat"))
+completions_router = APIRouter(route_class=vllm_route("completions"))
+responses_router = APIRouter(route_class=vllm_route("responses"))
+tokenize_router = APIRouter(route_class=vllm_route())
 
 
 @chat_router.post("/v1/chat/completions")
