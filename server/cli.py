@@ -67,6 +67,32 @@ def serve(
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
+@app.command("bench-http")
+def bench_http(
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: SmolLM2-135M-Instruct).")] = None,
+    num_requests: Annotated[int, typer.Option(help="Streamed completions per batch.")] = 128,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 32,
+    output_len: Annotated[int, typer.Option(help="Generated tokens per request.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Runs per server, interleaved (the best counts).")] = 2,
+    dtype: Annotated[str, typer.Option(help="Engine dtype of both servers.")] = "auto",
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/bench-http.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Streaming throughput and time to first token over HTTP: orthoserve against vLLM's own OpenAI server."""
+    from server.default_model import ensure_default_model
+    from server.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
+
+    model_dir = (model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve()
+    config = HttpBenchConfig(
+        model_dir, num_requests, concurrency, prompt_len, output_len, repeats, dtype=dtype
+    )
+    report = run_http_bench(config, log=typer.echo)
+    typer.echo(render_table(report))
+    write_json(report, json_out)
+    typer.echo(f"wrote {json_out}")
+
+
 def settings_table() -> str:
     """The Markdown table of `orthoserve serve`'s flags, from the command and `Settings` (docs/settings.md
     holds it; a test keeps the two equal)."""
