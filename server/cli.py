@@ -81,11 +81,13 @@ def bench_http(
 ) -> None:
     """Streaming throughput and time to first token over HTTP: orthoserve against vLLM's own OpenAI server."""
     from server.default_model import ensure_default_model
+    from server.engine.adapter_backend import model_context_length
     from server.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
 
     model_dir = (model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve()
     config = HttpBenchConfig(
-        model_dir, num_requests, concurrency, prompt_len, output_len, repeats, dtype=dtype
+        model_dir, num_requests, concurrency, prompt_len, output_len, repeats,
+        max_model_len=min(2048, model_context_length(model_dir)), dtype=dtype, log_dir=json_out.parent,
     )
     report = run_http_bench(config, log=typer.echo)
     typer.echo(render_table(report))

@@ -46,6 +46,7 @@ class HttpBenchConfig:
     kv_cache_gib: float = 1.0
     dtype: str = "auto"
     cpu_threads: int = 1
+    log_dir: Path = Path("bench-results")  # each server's log goes here
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def run_http_bench(config: HttpBenchConfig, log: Callable[[str], None] = print) 
     for repeat in range(config.repeats):
         for name, command in server_commands(config, _free_port()).items():
             port = int(command[command.index("--port") + 1])
-            with _serving(command, port, log):
+            with _serving(command, port, config.log_dir / f"{name}.log", log):
                 asyncio.run(_load(port, prompts[:8], config))  # warm-up
                 result = asyncio.run(_load(port, prompts, config))
             run = _summarise(name, *result)
@@ -150,9 +151,11 @@ def _summarise(name: str, seconds: float, ttfts: list[float], tokens: int) -> Ru
 
 
 @contextlib.contextmanager
-def _serving(command: list[str], port: int, log: Callable[[str], None]) -> Iterator[None]:
-    log(f"starting {' '.join(command[1:4])} on port {port}")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _serving(command: list[str], port: int, log_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+    log(f"starting {' '.join(command[1:4])} on port {port} (log: {log_path})")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(port):
