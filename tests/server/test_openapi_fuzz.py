@@ -30,7 +30,7 @@ def test_no_request_makes_a_server_error(server, tmp_path: Path) -> None:
         "--checks", "not_a_server_error", "--phases", "fuzzing", "--max-examples", "20",
         "--workers", "1", "--seed", "1", "--no-color",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1100, check=False)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1100, check=False)
     report = done.stdout[-15000:] + done.stderr[-3000:]
     assert done.returncode == 0, report
     assert "generated" in report and "Server error" not in report, report
