@@ -1,20 +1,35 @@
-"""Domain errors of adapter sets: every failure has a stable `code` and a message naming what to fix.
+"""Domain errors: the one error type, and every adapter-set failure with a stable `code` naming what to fix.
 
-They are raised here and mapped to HTTP statuses once, in the server; nothing matches message text.
+They are raised here (and in router/, server/) and turned into HTTP responses once, in the server;
+nothing matches message text.
 """
 
 from __future__ import annotations
 
 
-class AdapterError(Exception):
-    """Base of every adapter-set error."""
+class DomainError(Exception):
+    """The one error type of orthoserve's domain: a stable `code`, a `message` for people, the request
+    field at fault (`param`) and the HTTP `status` the server answers with. Every subclass fixes its
+    code and status; the server turns any of them into OpenAI's error envelope in one place."""
 
-    code = "adapter_error"
+    code: str | None = None
+    status: int = 400
+    type: str = "invalid_request_error"  # the envelope's `type`
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.param = param
+
+
+class AdapterError(DomainError):
+    """Base of every adapter-set error; `field` names the manifest field or tensor to fix."""
+
+    code = "adapter_error"
+    status = 422
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, param=field)
 
 
 class AdapterNotFound(AdapterError):

@@ -1,29 +1,26 @@
 """Domain errors of task-tag resolution and adapter-set residency.
 
-Each carries a stable `code` (the `code` field of the OpenAI error envelope); the HTTP status is
-chosen once, in `server/errors.py`.
+Each carries a stable `code` (the `code` field of the OpenAI error envelope) and its HTTP `status`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from adapters.errors import DomainError
 
-class RouterError(Exception):
-    """Base of every error the router raises; `code` is stable, `message` is for people."""
+
+class RouterError(DomainError):
+    """Base of every error the router raises: ambiguous or malformed tags, bad names (400 unless said)."""
 
     code = "router_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
-
-class AdapterSetNotFound(RouterError):
-    """The `model` field names neither the base model nor a resident adapter set."""
+class ModelNotFound(RouterError):
+    """A `model` (or admin `name`) that names neither the base model nor a resident adapter set."""
 
     code = "model_not_found"
+    status = 404
 
     def __init__(self, name: str, *, param: str | None = "model") -> None:
         super().__init__(f"The model '{name}' does not exist.", param=param)
@@ -34,6 +31,7 @@ class TaskNotFound(RouterError):
     """A known set was asked for a task it was not trained on."""
 
     code = "task_not_found"
+    status = 404
 
     def __init__(self, set_name: str, task: str, valid_tasks: Sequence[str]) -> None:
         super().__init__(
@@ -71,6 +69,7 @@ class AdapterSetNameInvalid(RouterError):
 
 class AdapterSetExists(RouterError):
     code = "adapter_set_exists"
+    status = 409
 
     def __init__(self, name: str) -> None:
         super().__init__(
@@ -83,6 +82,7 @@ class AdapterSetBusy(RouterError):
     """Another load or unload of the same name is in progress."""
 
     code = "adapter_set_busy"
+    status = 409
 
     def __init__(self, name: str) -> None:
         super().__init__(f"Adapter set '{name}' is being loaded or unloaded right now.", param="name")
@@ -92,6 +92,7 @@ class PathNotAllowed(RouterError):
     """The path is outside every configured adapter root (after resolving symlinks)."""
 
     code = "path_not_allowed"
+    status = 403
 
     def __init__(self, message: str) -> None:
         super().__init__(message, param="path")
@@ -99,6 +100,7 @@ class PathNotAllowed(RouterError):
 
 class AdapterPathMissing(RouterError):
     code = "adapter_path_not_found"
+    status = 422
 
     def __init__(self, path: str) -> None:
         super().__init__(f"No adapter-set directory at '{path}'.", param="path")
@@ -108,16 +110,21 @@ class AdapterEngineLoadFailed(RouterError):
     """A validated set failed to load inside the engine; it was removed from every rank."""
 
     code = "adapter_load_failed"
+    status = 422
 
 
 class AdapterCapacityExceeded(RouterError):
     """The set does not fit the engine's fixed adapter capacity (slots per method, shapes)."""
 
     code = "adapter_capacity_exceeded"
+    status = 507
+    type = "insufficient_storage"
 
 
 class MemoryBudgetExceeded(RouterError):
     code = "adapter_memory_budget_exceeded"
+    status = 507
+    type = "insufficient_storage"
 
     def __init__(self, name: str, needed: int, used: int, budget: int) -> None:
         super().__init__(

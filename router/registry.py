@@ -18,7 +18,7 @@ from pathlib import Path
 from router.errors import (
     AdapterSetBusy,
     AdapterSetExists,
-    AdapterSetNotFound,
+    ModelNotFound,
     MemoryBudgetExceeded,
     RouterError,
     TaskTagInvalid,
@@ -70,7 +70,7 @@ class AdapterRegistry:
         tag = parse_tag(model, task)
         entry = self._published.get(tag.set_name)
         if entry is None:
-            raise AdapterSetNotFound(model)
+            raise ModelNotFound(model)
         target = entry.target(choose_task(entry.name, entry.tasks, entry.input_routed, tag.task))
         entry.in_flight += 1
         return Lease(target, lambda: self._release(entry))
@@ -219,7 +219,7 @@ class AdapterRegistry:
             raise AdapterSetBusy(name)
         entry = self._published.pop(name, None)
         if entry is None:
-            raise AdapterSetNotFound(name, param="name")
+            raise ModelNotFound(name, param="name")
         await self._retire(entry)
         if wait:
             await entry.freed.wait()

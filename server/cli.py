@@ -61,6 +61,8 @@ def serve(
     max_badit_rank: Annotated[int | None, typer.Option(help=_help("max_badit_rank"))] = None,
     max_badit_experts: Annotated[int | None, typer.Option(help=_help("max_badit_experts"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+    tool_call_parser: Annotated[str | None, typer.Option(help=_help("tool_call_parser"))] = None,
+    enable_auto_tool_choice: Annotated[bool | None, typer.Option(help=_help("enable_auto_tool_choice"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
     metrics_max_tasks: Annotated[int | None, typer.Option(help=_help("metrics_max_tasks"))] = None,
     metrics_buckets: Annotated[str | None, typer.Option(help=_help("metrics_buckets"))] = None,
@@ -80,6 +82,58 @@ def serve(
         raise typer.BadParameter(f"{model_dir} is not a Hugging Face model folder (no config.json)", param_hint="--model")
     engine = EngineService(settings, model_dir.resolve())
     uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@app.command("bench-http")
+def bench_http(
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: SmolLM2-135M-Instruct).")] = None,
+    num_requests: Annotated[int, typer.Option(help="Streamed completions per batch.")] = 128,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 32,
+    output_len: Annotated[int, typer.Option(help="Generated tokens per request.")] = 64,
+    repeats: Annotated[int, typer.Option(help="Runs per server, interleaved (the best counts).")] = 2,
+    dtype: Annotated[str, typer.Option(help="Engine dtype of both servers.")] = "auto",
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/bench-http.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Streaming throughput and time to first token over HTTP: orthoserve against vLLM's own OpenAI server."""
+    from server.default_model import ensure_default_model
+    from server.engine.adapter_backend import model_context_length
+    from server.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
+
+    model_dir = (model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve()
+    config = HttpBenchConfig(
+        model_dir, num_requests, concurrency, prompt_len, output_len, repeats,
+        max_model_len=min(2048, model_context_length(model_dir)), dtype=dtype, log_dir=json_out.parent,
+    )
+    report = run_http_bench(config, log=typer.echo)
+    typer.echo(render_table(report))
+    write_json(report, json_out)
+    typer.echo(f"wrote {json_out}")
+
+
+def settings_table() -> str:
+    """The Markdown table of `orthoserve serve`'s flags, from the command and `Settings` (docs/settings.md
+    holds it; a test keeps the two equal)."""
+    serve_command = typer.main.get_command(app).commands["serve"]
+    rows = ["| Flag | Environment variable | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for param in serve_command.params:
+        field = Settings.model_fields[param.name]
+        env = f"ORTHOSERVE_{param.name.upper()}"
+        rows.append(f"| `{param.opts[0]}` | `{env}` | {_shown_default(field.get_default(call_default_factory=True))} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, Path):
+        return f"`{str(value).replace(str(Path.home()), '~', 1)}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(f'{item:g}' for item in value)}`"
+    return f"`{value}`"
 
 
 @app.command("prepare-model")

@@ -1,144 +1,109 @@
-"""Domain errors of a request and the one place that maps them to HTTP statuses.
+"""Errors of a request and the one place that turns them into HTTP responses.
 
-Errors are raised as exceptions (here, in adapters/ and in router/) and turned into OpenAI's error
-envelope `{"error": {"message", "type", "param", "code"}}` only by the handlers installed here.
+Every error ends in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`:
+- orthoserve's domain errors (`adapters.errors.DomainError`: here, in router/ and adapters/) carry
+  their own stable code, param and status;
+- vLLM's OpenAI layer reports client mistakes (unsupported values, prompts too long, ...) as its own
+  error responses or exceptions: their status, message and param are vLLM's wording, put in our envelope;
+- malformed JSON or fields name the offending field; anything else is a generic 500.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters.errors import AdapterError
-from router.errors import (
-    AdapterPathMissing,
-    AdapterSetBusy,
-    AdapterSetExists,
-    AdapterSetNotFound,
-    AdapterCapacityExceeded,
-    AdapterEngineLoadFailed,
-    MemoryBudgetExceeded,
-    PathNotAllowed,
-    RouterError,
-    TaskNotFound,
-)
-from server.protocol import ErrorDetail, ErrorResponse
+from adapters.errors import DomainError
+from server.engine import vllm_compat as vc
+from server.engine import vllm_internals as vi
 
 logger = logging.getLogger(__name__)
 
-
-class OrthoserveError(Exception):
-    """Base of every error a request can end with; `param` names the offending request field."""
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+# vLLM's params for a prompt that does not fit the context; they get OpenAI's code for it.
+_CONTEXT_LENGTH_PARAMS = ("input_tokens", "input_text")
 
 
-class InvalidRequest(OrthoserveError):
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class InvalidRequest(DomainError):
     """The request is well-formed JSON but cannot be served as asked."""
 
 
-class ContextLengthExceeded(InvalidRequest):
-    """Prompt (plus requested output) does not fit the model's context."""
+class ClientDisconnected(DomainError):
+    code = "client_closed_request"
+    status = 499
 
-
-class ModelNotFound(OrthoserveError):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist.", param="model")
-        self.model = model
-
-
-class ClientDisconnected(OrthoserveError):
     def __init__(self) -> None:
         super().__init__("The client closed the connection before the response was ready.")
 
 
-class EngineUnavailable(OrthoserveError):
+class EngineUnavailable(DomainError):
     """The engine is not running (starting, stopped or dead)."""
 
-
-DomainError = OrthoserveError | RouterError | AdapterError
-_DOMAIN_ERRORS = (OrthoserveError, RouterError, AdapterError)
-
-
-@dataclass(frozen=True)
-class ErrorStatus:
-    exception: type[Exception]
-    status: int
-    type: str
-    code: str | None  # None: the exception's own stable `code` (router and adapter-set errors), if any
-
-
-ERROR_STATUSES: tuple[ErrorStatus, ...] = (
-    # First match wins: list subclasses before their bases.
-    ErrorStatus(ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded"),
-    ErrorStatus(InvalidRequest, 400, "invalid_request_error", None),
-    ErrorStatus(ModelNotFound, 404, "invalid_request_error", "model_not_found"),
-    ErrorStatus(ClientDisconnected, 499, "invalid_request_error", "client_closed_request"),
-    ErrorStatus(EngineUnavailable, 503, "server_error", "engine_unavailable"),
-    ErrorStatus(AdapterSetNotFound, 404, "invalid_request_error", None),
-    ErrorStatus(TaskNotFound, 404, "invalid_request_error", None),
-    ErrorStatus(PathNotAllowed, 403, "invalid_request_error", None),
-    ErrorStatus(AdapterSetExists, 409, "invalid_request_error", None),
-    ErrorStatus(AdapterSetBusy, 409, "invalid_request_error", None),
-    ErrorStatus(AdapterPathMissing, 422, "invalid_request_error", None),
-    ErrorStatus(MemoryBudgetExceeded, 507, "insufficient_storage", None),
-    ErrorStatus(AdapterCapacityExceeded, 507, "insufficient_storage", None),
-    ErrorStatus(AdapterEngineLoadFailed, 422, "invalid_request_error", None),
-    ErrorStatus(RouterError, 400, "invalid_request_error", None),  # ambiguous or malformed tags, bad names
-    ErrorStatus(AdapterError, 422, "invalid_request_error", None),  # every failed validation of a set
-)
-_FALLBACK = ErrorStatus(OrthoserveError, 500, "server_error", None)
-
-
-def status_of(exc: DomainError) -> ErrorStatus:
-    for entry in ERROR_STATUSES:
-        if isinstance(exc, entry.exception):
-            return entry
-    return _FALLBACK
+    code = "engine_unavailable"
+    status = 503
+    type = "server_error"
 
 
 def is_client_error(exc: BaseException) -> bool:
-    return isinstance(exc, _DOMAIN_ERRORS) and 400 <= status_of(exc).status < 500
+    """Whether the request, not the server, is at fault: our own status, or vLLM's classification."""
+    if isinstance(exc, DomainError):
+        return 400 <= exc.status < 500
+    return isinstance(exc, Exception) and vi.create_error_response(exc).error.code < 500
 
 
-def error_response_body(exc: BaseException) -> tuple[int, ErrorResponse]:
-    """Status and envelope for any exception; unexpected ones become a generic 500."""
-    if isinstance(exc, _DOMAIN_ERRORS):
-        entry = status_of(exc)
-        code = entry.code or getattr(exc, "code", None)
-        detail = ErrorDetail(message=exc.message, type=entry.type, param=getattr(exc, "param", None), code=code)
-        return entry.status, ErrorResponse(error=detail)
-    detail = ErrorDetail(message="Internal server error.", type="server_error", param=None, code=None)
-    return 500, ErrorResponse(error=detail)
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return _json(status, ErrorDetail(message=message, type=kind, param=param, code=code))
 
 
-def _json(status: int, body: ErrorResponse) -> JSONResponse:
-    return JSONResponse(status_code=status, content=body.model_dump())
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    return _json(exc.status, ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
+
+
+def vllm_error_response(error: vi.VllmErrorResponse) -> JSONResponse:
+    """One of vLLM's error responses (its `code` is the HTTP status) in our envelope."""
+    info = error.error
+    code = "context_length_exceeded" if info.param in _CONTEXT_LENGTH_PARAMS else None
+    return error_response(int(info.code), info.message, info.param, code)
+
+
+def _json(status: int, detail: ErrorDetail) -> JSONResponse:
+    return JSONResponse(status_code=status, content=ErrorResponse(error=detail).model_dump())
 
 
 async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
-    return _json(*error_response_body(exc))
+    return domain_error_response(exc)
+
+
+async def _vllm_error(_: Request, exc: Exception) -> JSONResponse:
+    """vLLM errors raised while a request body is validated (its request models raise them)."""
+    return vllm_error_response(vi.create_error_response(exc))
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"msg": "Invalid request.", "loc": (), "type": ""}
+    if not isinstance(first, dict):  # vLLM raises RequestValidationError with plain strings
+        return error_response(400, str(first))
     if first.get("type") == "json_invalid":
-        param = None
-        message = f"Request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
-    else:
-        param = _param_path(exc.body, first)
-        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    detail = ErrorDetail(message=message, type="invalid_request_error", param=param, code=None)
-    return _json(400, ErrorResponse(error=detail))
+        return error_response(400, f"Request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}")
+    param = _param_path(exc.body, first)
+    return error_response(400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param)
 
 
 def _param_path(body: Any, error: dict[str, Any]) -> str | None:
@@ -163,20 +128,19 @@ def _param_path(body: Any, error: dict[str, Any]) -> str | None:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    detail = ErrorDetail(message=str(exc.detail), type=kind, param=None, code=None)
-    return JSONResponse(status_code=exc.status_code, content=ErrorResponse(error=detail).model_dump(),
-                        headers=getattr(exc, "headers", None))
+    response = error_response(exc.status_code, str(exc.detail))
+    response.headers.update(getattr(exc, "headers", None) or {})
+    return response
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error while serving a request", exc_info=exc)
-    return _json(*error_response_body(exc))
+    return error_response(500, "Internal server error.")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    for domain_error in _DOMAIN_ERRORS:
-        app.add_exception_handler(domain_error, _domain_error)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(vc.VLLMError, _vllm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,6 +1,6 @@
 """The life of one API request, observable from one place.
 
-The engine service reports every request's arrival, first generated token and finish (with its
+The engine service and its request scopes report every request's arrival, first generated token and finish (with its
 outcome, token counts and vLLM's per-request stats) to the observers registered here. Metrics,
 tracing or logging plug in with `RequestLifecycle.add_observer` and never touch the handlers.
 """
@@ -18,6 +18,7 @@ from router.target import RouteTarget
 logger = logging.getLogger(__name__)
 
 Outcome = Literal["ok", "client_error", "server_error", "cancelled"]
+Endpoint = Literal["completions", "chat", "responses"]
 
 
 @dataclass
@@ -25,7 +26,7 @@ class RequestRecord:
     """What is known about one request so far. Times are `time.monotonic()` seconds."""
 
     request_id: str
-    endpoint: Literal["completions", "chat"]
+    endpoint: Endpoint
     model: str
     stream: bool
     arrival_time: float = field(default_factory=time.monotonic)
@@ -59,7 +60,7 @@ class RequestLifecycle:
     def add_observer(self, observer: RequestObserver) -> None:
         self._observers.append(observer)
 
-    def arrive(self, request_id: str, endpoint: Literal["completions", "chat"], model: str, stream: bool) -> RequestRecord:
+    def arrive(self, request_id: str, endpoint: Endpoint, model: str, stream: bool) -> RequestRecord:
         record = RequestRecord(request_id=request_id, endpoint=endpoint, model=model, stream=stream)
         self._notify("on_arrival", record)
         return record
@@ -74,7 +75,7 @@ class RequestLifecycle:
             record.first_token_time = now
             self._notify("on_first_token", record)
 
-    def reject(self, endpoint: Literal["completions", "chat"], error: BaseException) -> None:
+    def reject(self, endpoint: Endpoint, error: BaseException) -> None:
         """Report a request refused before its body could be read (it never reaches the service)."""
         record = self.arrive(f"rejected-{uuid.uuid4().hex}", endpoint, model="", stream=False)
         self.finish(record, "client_error", error)

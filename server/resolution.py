@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from router.errors import ModelNotFound, TaskTagInvalid
 from router.resident import Lease
 from router.target import BASE_TARGET
-from server.errors import InvalidRequest, ModelNotFound
 
 
 class TargetResolver(Protocol):
@@ -31,7 +31,5 @@ class BaseModelResolver:
         if model != self.served_model_name:
             raise ModelNotFound(model)
         if task is not None:
-            raise InvalidRequest(
-                f"The base model `{model}` has no tasks; `task` needs an adapter set.", param="task"
-            )
+            raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
         return Lease(BASE_TARGET)

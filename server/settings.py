@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "orthoserve",
-        description="Where converted models are kept.",
+        description="Where converted models and SVD factors are kept.",
     )
     admin_token: str | None = Field(
         default=None, description="Bearer token of the admin API; without one the admin API is not served."
@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     max_moore_router_width: int | None = Field(default=None, ge=1, description="Largest MoORE router width E (default 128).")
     max_badit_rank: int | None = Field(default=None, ge=1, description="Largest BADIT K·r (top triplets split into experts) (default 32).")
     max_badit_experts: int | None = Field(default=None, ge=1, description="Largest BADIT expert count K (default 8).")
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM tool-call parser that reads tool calls out of generated text (e.g. `hermes`, "
+        "`llama3_json`); tool calls need it and --enable-auto-tool-choice.",
+    )
+    enable_auto_tool_choice: bool = Field(
+        default=False,
+        description="Turn on tool calls (`tool_choice` auto, required or a named function), as vLLM's flag "
+        "of that name does; needs --tool-call-parser.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     metrics_max_tasks: int = Field(
         default=DEFAULT_MAX_TASKS,

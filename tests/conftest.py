@@ -28,10 +28,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+# fp32: adapter requests are compared with the fp32 PyTorch reference and with the base model, and the
+# CPU engine's bf16 kernels need AVX-512 that not every test machine has. Tool calls need a parser.
+SHARED_SERVER_ARGS = ["--dtype", "float32", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
 @pytest.fixture(scope="session")
 def server_extra_args(adapter_server_args: list[str]) -> list[str]:
     """Extra `orthoserve serve` flags of the shared server; extend this to serve more features."""
-    return [*adapter_server_args]
+    return [*SHARED_SERVER_ARGS, *adapter_server_args]
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,40 @@
 """`GET /v1/models`: the base model, every adapter set and every `set/task` a client may pass as `model`."""
 
+import time
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from server.deps import EngineDep, RegistryDep
-from server.protocol import AdapterSetCardInfo, ModelCard, ModelList
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=ModelList)
+class AdapterSetCardInfo(BaseModel):
+    """The `orthoserve` object of an adapter set's (or one of its tasks') model card."""
+
+    kind: str
+    version: int
+    tasks: list[str]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "orthoserve"
+    max_model_len: int | None = None
+    parent: str | None = None
+    orthoserve: AdapterSetCardInfo | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@router.get("/v1/models")
 async def list_models(engine: EngineDep, registry: RegistryDep) -> ModelList:
     base, context = engine.served_model_name, engine.max_model_len
     cards = [ModelCard(id=base, max_model_len=context)]

@@ -11,7 +11,7 @@ import os
 import vllm
 from vllm import LLM
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import VLLMClientError, VLLMValidationError
+from vllm.exceptions import VLLMClientError, VLLMError, VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.logprobs import Logprob
 from vllm.lora.request import LoRARequest
@@ -41,6 +41,7 @@ __all__ = [
     "SamplingParams",
     "TokensPrompt",
     "VLLMClientError",
+    "VLLMError",
     "VLLMValidationError",
     "check_pinned_version",
     "cpu_core_binding",

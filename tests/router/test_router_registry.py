@@ -13,7 +13,7 @@ import pytest
 from router.errors import (
     AdapterSetBusy,
     AdapterSetExists,
-    AdapterSetNotFound,
+    ModelNotFound,
     MemoryBudgetExceeded,
     TaskNotFound,
     TaskRequired,
@@ -112,7 +112,7 @@ async def test_resolution_forms(parts):
         assert target.kind == "badit" and target.task is None and not target.is_base
     with registry.acquire("single") as target:
         assert target.task == "chat"
-    with pytest.raises(AdapterSetNotFound):
+    with pytest.raises(ModelNotFound):
         registry.acquire("nope/boolq")
     with pytest.raises(TaskNotFound):
         registry.acquire("mtl/siqa")
@@ -154,11 +154,11 @@ async def test_unload_drains_then_frees(parts):
     lease = registry.acquire("mtl/piqa")
     returned = await registry.unload("mtl")
     assert returned.state == "draining" and entry.slot in backend.slots
-    with pytest.raises(AdapterSetNotFound):
+    with pytest.raises(ModelNotFound):
         registry.acquire("mtl/piqa")
     waiter = asyncio.ensure_future(registry.unload("mtl", wait=True))
     await asyncio.sleep(0)
-    assert waiter.done() and isinstance(waiter.exception(), AdapterSetNotFound)
+    assert waiter.done() and isinstance(waiter.exception(), ModelNotFound)
     lease.release()
     await asyncio.wait_for(entry.freed.wait(), 1)
     assert backend.slots == {} and registry.used_bytes == 0

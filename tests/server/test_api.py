@@ -92,7 +92,7 @@ def test_stream_ends_with_done_and_no_usage_unless_asked(server):
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     payloads = [json.loads(event) for event in events[:-1]]
-    assert payloads and all(payload["usage"] is None for payload in payloads)
+    assert payloads and all(payload.get("usage") is None for payload in payloads)
     assert sum(len(payload["choices"]) for payload in payloads) >= 1
 
 

@@ -30,3 +30,17 @@ def _installed(distribution: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+def test_openai_serving_classes_take_what_orthoserve_passes() -> None:
+    vllm_internals.verify_openai_serving()
+
+
+def test_a_moved_serving_argument_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_tool_parser(self, engine_client, models, *, online_renderer, request_logger) -> None: ...
+
+    monkeypatch.setattr(vllm_internals.OpenAIServingCompletion, "__init__", no_tool_parser)
+    vllm_internals.verify_openai_serving()  # the completion class never took tool options
+    monkeypatch.setattr(vllm_internals.OpenAIServingChat, "__init__", no_tool_parser)
+    with pytest.raises(vllm_internals.UnsupportedEngineLayout, match="OpenAIServingChat"):
+        vllm_internals.verify_openai_serving()
