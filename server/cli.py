@@ -44,6 +44,7 @@ def serve(
     tensor_parallel_size: Annotated[int | None, typer.Option(help=_help("tensor_parallel_size"))] = None,
     pipeline_parallel_size: Annotated[int | None, typer.Option(help=_help("pipeline_parallel_size"))] = None,
     cpu_threads: Annotated[int | None, typer.Option(help=_help("cpu_threads"))] = None,
+    cpu_threads_bind: Annotated[str | None, typer.Option(help=_help("cpu_threads_bind"))] = None,
     admin_token: Annotated[str | None, typer.Option(help=_help("admin_token"))] = None,
     adapter_sets: Annotated[Path | None, typer.Option(help=_help("adapter_sets"))] = None,
     adapter_roots: Annotated[list[Path] | None, typer.Option("--adapter-root", help=_help("adapter_roots"))] = None,
@@ -119,7 +120,7 @@ def settings_table() -> str:
     rows = ["| Flag | Environment variable | Default | Meaning |", "| --- | --- | --- | --- |"]
     for param in serve_command.params:
         field = Settings.model_fields[param.name]
-        env = f"ORTHOSERVE_{param.name.upper()}"
+        env = field.validation_alias or f"ORTHOSERVE_{param.name.upper()}"
         rows.append(f"| `{param.opts[0]}` | `{env}` | {_shown_default(field.get_default(call_default_factory=True))} | {field.description} |")
     return "\n".join(rows) + "\n"
 

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     cpu_threads_bind: str | None = Field(
         default=None,
         validation_alias="VLLM_CPU_OMP_THREADS_BIND",
-        description="vLLM's CPU core lists per worker (e.g. \"0|1\"); unset: one worker unpinned, tensor-parallel "
-        "workers on cores of their own, chosen by the server.",
+        description="vLLM's CPU core list of each worker, the lists separated by a vertical bar; unset: one worker "
+        "unpinned, tensor-parallel workers on cores of their own, chosen by the server.",
     )
     cpu_threads: int = Field(
         default=1, ge=1, description="Torch threads of the CPU engine worker (1 decodes fastest on small CPUs)."
