@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from adapters.cli import app as adapters_app
 from server.settings import Settings
 
-app = typer.Typer(help="Multi-adapter LLM inference server on vLLM.", no_args_is_help=True)
+app = typer.Typer(
+    help="Multi-adapter LLM inference server on vLLM.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.add_typer(adapters_app, name="adapters")
 
 
@@ -25,7 +27,19 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        _fail("; ".join(_setting_problem(error) for error in exc.errors()))
+
+
+def _setting_problem(error: Any) -> str:
+    name = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"--{name.replace('_', '-')}: {message}" if name else message
+
+
+def _fail(message: str) -> NoReturn:
+    """End a command with one line on stderr and exit status 2 (bad usage or configuration)."""
+    typer.echo(f"orthoserve: error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -41,6 +55,13 @@ def serve(
     pipeline_parallel_size: Annotated[int | None, typer.Option(help=_help("pipeline_parallel_size"))] = None,
     cpu_threads: Annotated[int | None, typer.Option(help=_help("cpu_threads"))] = None,
     admin_token: Annotated[str | None, typer.Option(help=_help("admin_token"))] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(help=_help("admin_token_file"))] = None,
+    admin_port: Annotated[int | None, typer.Option(help=_help("admin_port"))] = None,
+    max_queued_requests: Annotated[int | None, typer.Option(help=_help("max_queued_requests"))] = None,
+    max_queued_requests_per_set: Annotated[int | None, typer.Option(help=_help("max_queued_requests_per_set"))] = None,
+    request_timeout: Annotated[float | None, typer.Option(help=_help("request_timeout"))] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(help=_help("max_request_bytes"))] = None,
+    engine_death_exit_seconds: Annotated[float | None, typer.Option(help=_help("engine_death_exit_seconds"))] = None,
     adapter_sets: Annotated[Path | None, typer.Option(help=_help("adapter_sets"))] = None,
     adapter_roots: Annotated[list[Path] | None, typer.Option("--adapter-root", help=_help("adapter_roots"))] = None,
     adapter_memory_budget: Annotated[int | None, typer.Option(help=_help("adapter_memory_budget"))] = None,
@@ -65,17 +86,25 @@ def serve(
     settings = _settings(**locals())
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
     from server.app import create_app
     from server.default_model import ensure_default_model
     from server.engine.service import EngineService
+    from server.engine_watch import ENGINE_DEAD_EXIT_CODE
+    from server.listeners import serve as serve_app
+    from server.startup import StartupError, resolve_serving_settings
 
-    model_dir = settings.model or ensure_default_model(settings)
-    if not (model_dir / "config.json").is_file():
-        raise typer.BadParameter(f"{model_dir} is not a Hugging Face model folder (no config.json)", param_hint="--model")
-    engine = EngineService(settings, model_dir.resolve())
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        model_dir = (settings.model or ensure_default_model(settings)).resolve()
+        settings = resolve_serving_settings(settings, model_dir)
+        server_app = create_app(settings, EngineService(settings, model_dir))
+        started = serve_app(server_app, settings)
+    except (StartupError, OSError) as exc:
+        _fail(str(exc))
+    if not started:
+        _fail("the engine failed to start (its log is above).")
+    watch = server_app.state.engine_watch
+    if watch is not None and watch.dead:
+        raise typer.Exit(ENGINE_DEAD_EXIT_CODE)
 
 
 @app.command("prepare-model")
