@@ -32,6 +32,7 @@ DESCRIPTIONS = {
 }
 
 ADMIN_PREFIX = "/v1/adapter-sets"
+_REF_PREFIX = "#/components/schemas/"
 
 # Every route: the body limit, the dead-engine gate, and unexpected failures.
 _EVERY_ROUTE = frozenset({413, 500, 503})
@@ -60,7 +61,7 @@ def declare_error_responses(app: FastAPI) -> None:
     for route in app.routes:
         if isinstance(route, APIRoute):
             for status in sorted(error_statuses(route)):
-                route.responses.setdefault(status, {"model": ErrorResponse, "description": DESCRIPTIONS[status]})
+                route.responses.setdefault(status, _error_response(status))
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -72,13 +73,28 @@ def declare_error_responses(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _error_response(status: int) -> dict[str, Any]:
+    # Given as a schema reference (the envelope is added to the components below): FastAPI reads a
+    # `model` only while it builds a route, and the routes exist before this runs.
+    response: dict[str, Any] = {
+        "description": DESCRIPTIONS[status],
+        "content": {"application/json": {"schema": {"$ref": f"{_REF_PREFIX}{ErrorResponse.__name__}"}}},
+    }
+    if status == 429:
+        response["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+    return response
+
+
 def _without_fastapi_validation_errors(schema: dict[str, Any]) -> dict[str, Any]:
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             response = operation.get("responses", {}).get("422")
             if response is not None and "HTTPValidationError" in str(response):
                 del operation["responses"]["422"]
-    schemas = schema.get("components", {}).get("schemas", {})
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    envelope = ErrorResponse.model_json_schema(ref_template=f"{_REF_PREFIX}{{model}}")
+    schemas.update(envelope.pop("$defs", {}))
+    schemas[ErrorResponse.__name__] = envelope
     if "HTTPValidationError" not in str(schema.get("paths")):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
