@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.exceptions import TyperException
 from pydantic import ValidationError
 
 from adapters.cli import app as adapters_app
@@ -165,5 +167,21 @@ def bench(
     typer.echo(f"wrote {json_out}")
 
 
+def main() -> None:
+    """The `orthoserve` command: usage errors are one line on stderr (exit status 2), like start-up errors."""
+    try:
+        status = app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except TyperException as exc:  # usage errors: unknown flag, a value of the wrong type, no command
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:
+            typer.echo(f"orthoserve: error: {message}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(status if isinstance(status, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()
