@@ -167,6 +167,37 @@ def bench(
     typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+def soak(
+    model: Annotated[Path | None, typer.Option(help="Base model folder (default: SmolLM2-135M-Instruct).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 2000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    replace_every: Annotated[float, typer.Option(help="Seconds between replacements of the MoORE set.")] = 1.0,
+    cycle_every: Annotated[float, typer.Option(help="Seconds between unload/reloads of the BADIT set.")] = 3.0,
+    work_dir: Annotated[Path, typer.Option(help="Where the soak's sets and server log are written.")] = Path("soak-results/work"),
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("soak-results/soak.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Drive a real server with mixed traffic while sets are replaced and reloaded; exit 1 on any failure."""
+    from server.default_model import ensure_default_model
+    from server.soak import SoakConfig, render_report, run_soak, write_json
+
+    config = SoakConfig(
+        model_dir=(model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve(),
+        work_dir=work_dir.resolve(),
+        requests=requests,
+        concurrency=concurrency,
+        replace_every=replace_every,
+        cycle_every=cycle_every,
+    )
+    report = run_soak(config, log=typer.echo)
+    typer.echo(render_report(report))
+    write_json(report, config, json_out)
+    typer.echo(f"wrote {json_out}")
+    if report.failures or report.wrong_version:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """The `orthoserve` command: usage errors are one line on stderr (exit status 2), like start-up errors."""
     try:
