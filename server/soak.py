@@ -131,7 +131,9 @@ def _write_sets(config: SoakConfig) -> dict[str, Path]:
 
 async def _soak(config: SoakConfig, base_url: str, pid: int, sets: dict[str, Path], log: Any) -> SoakReport:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    limits = httpx.Limits(max_connections=config.concurrency + 8)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends, so a request never goes out on
+    # a connection the server is closing at that moment (a client-side race, not a server failure).
+    limits = httpx.Limits(max_connections=config.concurrency + 8, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as http:
         fingerprints = await _fingerprints(http, sets)
         await _load(http, SWAPPED, sets["moore-a"])
@@ -257,15 +259,19 @@ async def _one_request(
 ) -> None:  # fmt: skip
     report.by_target[target.model] = report.by_target.get(target.model, 0) + 1
     started = time.monotonic()
-    work = asyncio.ensure_future(_send(http, target, prompt, stream))
     if cancel:
-        await asyncio.sleep(random.uniform(0.0, 0.05))
-        work.cancel()
-    try:
-        status, version, text, error = await work
-    except asyncio.CancelledError:
+        # A request to be cancelled gets its own connection, so cancelling it never touches the pool.
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=120) as own:
+            work = asyncio.ensure_future(_send(own, target, prompt, stream))
+            await asyncio.sleep(random.uniform(0.0, 0.05))
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await work
         report.cancelled += 1
         return
+    work = asyncio.ensure_future(_send(http, target, prompt, stream))
+    try:
+        status, version, text, error = await work
     except httpx.HTTPError as exc:
         status, version, text, error = 0, None, "", repr(exc)
     if status == 404 and target.set_name == CYCLED and '"model_not_found"' in error:
