@@ -21,7 +21,10 @@ BAD_SETUPS = {
     "context-longer-than-the-model": (lambda cmd, tmp: _with(cmd, "--max-model-len", "1024"), "max_position_embeddings"),
     "unsupported-architecture": (lambda cmd, tmp: _with(cmd, "--model", str(_gpt2(tmp))), "gpt2"),
     "missing-adapter-sets-folder": (lambda cmd, tmp: [*cmd, "--adapter-sets", str(tmp / "no-sets")], "--adapter-sets"),
-    "unreadable-admin-token-file": (lambda cmd, tmp: [*cmd, "--admin-token-file", str(tmp / "no-token")], "no-token"),
+    "unreadable-admin-token-file": (
+        lambda cmd, tmp: _without_token([*cmd, "--admin-token-file", str(tmp / "no-token")]), "no-token"
+    ),
+    "admin-token-given-twice": (lambda cmd, tmp: [*cmd, "--admin-token-file", str(tmp)], "not both"),
     "admin-port-without-token": (lambda cmd, tmp: _without_token([*cmd, "--admin-port", "0"]), "--admin-port"),
 }
 
