@@ -43,8 +43,7 @@ class Ticket:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.controller._queued -= 1
-            self.controller._queued_per_set[self.set_name] -= 1
+            self.controller.leave(self.set_name)
 
 
 class AdmissionController:
@@ -77,6 +76,13 @@ class AdmissionController:
         self._queued_per_set[set_name] += 1
         return Ticket(set_name, self)
 
+    def leave(self, set_name: str) -> None:
+        """One request of `set_name` stopped being queued (use `Ticket.release`, which does it once)."""
+        self._queued -= 1
+        self._queued_per_set[set_name] -= 1
+        if self._queued_per_set[set_name] == 0:
+            del self._queued_per_set[set_name]  # names come from clients: keep none that is not in use
+
     # RequestObserver: the lifecycle reports the engine-side progress of admitted requests.
     def on_arrival(self, record: RequestRecord) -> None:
         ticket = _current_ticket.get()
@@ -95,7 +101,8 @@ class AdmissionController:
 def requested_set(body: bytes, base_model: str) -> str:
     """The adapter set a request body's `model` names (`base` for the base model), without validating it.
 
-    Unparsable bodies and unknown names are counted as the name they give; the route refuses them.
+    Unknown names count under the name they give and bodies without a readable `model` under `base`,
+    until the route refuses them a moment later.
     """
     try:
         model = json.loads(body).get("model")
