@@ -7,6 +7,7 @@ event, new requests get 503, and the server exits with its engine-death status w
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from pathlib import Path
 
@@ -19,11 +20,16 @@ from tests.server_process import TINY_MODEL_NAME, start_server
 EXIT_AFTER_SECONDS = 2
 
 
-def _stream(base_url: str) -> list[str]:
+def _stream(base_url: str, started: threading.Event) -> list[str]:
     body = {"model": TINY_MODEL_NAME, "prompt": "Once upon a time", "max_tokens": 480, "stream": True}
+    events = []
     with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
-        return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+                started.set()
+    return events
 
 
 def _plain(base_url: str) -> httpx.Response:
@@ -37,9 +43,10 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(tiny_
         engine_cores = [child for child in psutil.Process(server.process.pid).children() if "EngineCore" in child.name()]
         assert len(engine_cores) == 1, [child.name() for child in psutil.Process(server.process.pid).children()]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            streams = [pool.submit(_stream, server.base_url) for _ in range(2)]
+            started = [threading.Event() for _ in range(2)]
+            streams = [pool.submit(_stream, server.base_url, event) for event in started]
             plains = [pool.submit(_plain, server.base_url) for _ in range(2)]
-            time.sleep(0.5)
+            assert all(event.wait(60) for event in started), "the streams never started"
             engine_cores[0].kill()
             killed_at = time.monotonic()
 

@@ -205,8 +205,11 @@ def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
     body = completion(server, max_tokens=CONTEXT - 8, stream=True)
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
-        next(line for line in lines if line.startswith("data: "))
-        assert metric(server, "/metrics/vllm", "vllm:num_requests_running") == 1
+        # vLLM publishes its scheduler counts once per step: keep the stream going until they show it.
+        deadline = time.monotonic() + 30
+        while metric(server, "/metrics/vllm", "vllm:num_requests_running") != 1:
+            assert time.monotonic() < deadline, "the engine never reported the request running"
+            next(line for line in lines if line.startswith("data: "))
     _wait_idle(server)
     assert metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"') == cancelled_before + 1
 
