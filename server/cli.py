@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -106,7 +107,11 @@ def serve(
         _fail("the engine failed to start (its log is above).")
     watch = server_app.state.engine_watch
     if watch is not None and watch.dead:
-        raise typer.Exit(ENGINE_DEAD_EXIT_CODE)
+        # Exit now: after an engine death, vLLM's leftover threads can hold up the interpreter's exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ENGINE_DEAD_EXIT_CODE)
 
 
 @app.command("prepare-model")

@@ -37,6 +37,14 @@ def _plain(base_url: str) -> httpx.Response:
     return httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
 
 
+def _in_flight(base_url: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(("orthoserve_requests_running ", "orthoserve_requests_waiting ")):
+            total += float(line.split()[-1])
+    return total
+
+
 def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(tiny_model_dir: Path, tmp_path: Path):
     extra = ["--engine-death-exit-seconds", str(EXIT_AFTER_SECONDS)]
     with start_server(tiny_model_dir, TINY_MODEL_NAME, tmp_path / "server.log", extra) as server:
@@ -45,8 +53,10 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(tiny_
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             started = [threading.Event() for _ in range(2)]
             streams = [pool.submit(_stream, server.base_url, event) for event in started]
-            plains = [pool.submit(_plain, server.base_url) for _ in range(2)]
             assert all(event.wait(60) for event in started), "the streams never started"
+            plains = [pool.submit(_plain, server.base_url) for _ in range(2)]
+            while _in_flight(server.base_url) < 4:  # the plain requests reached the engine too
+                time.sleep(0.01)
             engine_cores[0].kill()
             killed_at = time.monotonic()
 
@@ -71,7 +81,7 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(tiny_
                 events = future.result(timeout=30)
                 assert events[-1] == "[DONE]" and '"engine_unavailable"' in events[-2], events[-3:]
 
-        exit_code = server.process.wait(timeout=30)
+        exit_code = server.process.wait(timeout=60)
         assert exit_code == ENGINE_DEAD_EXIT_CODE
         assert time.monotonic() - killed_at < 30
         log = server.log_path.read_text(errors="replace")
