@@ -66,6 +66,19 @@ class FileTruncated(AdapterInvalid):
     code = "file_truncated"
 
 
+class SafetensorsInvalid(AdapterInvalid):
+    """The tensor file's header is not a well-formed safetensors header (bad JSON, repeated or
+    overlapping tensors, byte ranges that disagree with shape and dtype)."""
+
+    code = "safetensors_invalid"
+
+
+class FileNotRegular(AdapterInvalid):
+    """A set file is a FIFO, device, socket or directory: reading it could block or never end."""
+
+    code = "file_not_regular"
+
+
 class ChecksumMismatch(AdapterInvalid):
     code = "checksum_mismatch"
 

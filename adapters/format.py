@@ -37,7 +37,7 @@ from adapters.errors import (
 )
 from adapters.manifest import FORMAT_VERSION, Manifest, hyper_parameters_of, parse_manifest
 from adapters.registry import MethodConfig, MethodSpec
-from adapters.safetensors_io import read_header, tensor_checksums
+from adapters.safetensors_io import check_regular_file, read_header, tensor_checksums
 from adapters.tensor_names import TENSOR_NAME
 
 MANIFEST_FILE = "manifest.json"
@@ -105,6 +105,7 @@ def load_adapter_set(path: Path | str, base: BaseModelInfo | None) -> AdapterSet
     config = manifest.method_config()
     expected = _expected_shapes(manifest, config, base)
     tensors_path = path / TENSORS_FILE
+    check_regular_file(tensors_path)
     if not tensors_path.is_file():
         raise MissingTensor(f"{path} has no {TENSORS_FILE}.", field=TENSORS_FILE)
     entries = read_header(tensors_path)
@@ -131,6 +132,7 @@ def read_manifest(path: Path | str) -> Manifest:
     if not path.is_dir():
         raise AdapterNotFound(f"No adapter set at {path}.")
     manifest_path = path / MANIFEST_FILE
+    check_regular_file(manifest_path)
     if not manifest_path.is_file():
         raise ManifestInvalid(f"{path} has no {MANIFEST_FILE}.", field=MANIFEST_FILE)
     try:

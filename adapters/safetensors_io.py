@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from adapters.errors import FileTruncated
+from adapters.errors import FileNotRegular, FileTruncated, SafetensorsInvalid
 
 _HEADER_LENGTH_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,9 @@ class TensorEntry:
 
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse the header of `path` and check every tensor's bytes lie inside the file."""
+    """Parse the header of `path` without trusting it: every tensor's byte range must match its shape
+    and dtype, lie inside the file and overlap no other; a name may appear once."""
+    check_regular_file(path)
     size = path.stat().st_size
     with path.open("rb") as handle:
         raw_length = handle.read(_HEADER_LENGTH_BYTES)
@@ -38,22 +44,68 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         if header_length > min(_MAX_HEADER_BYTES, size - _HEADER_LENGTH_BYTES):
             raise FileTruncated(f"{path.name} is truncated or not a safetensors file (header of {header_length} bytes).")
         try:
-            header = json.loads(handle.read(header_length))
+            header = json.loads(handle.read(header_length), object_pairs_hook=_refuse_repeated_names)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise FileTruncated(f"{path.name} has an unreadable safetensors header: {error}.") from error
+            raise SafetensorsInvalid(f"{path.name} has an unreadable safetensors header: {error}.") from error
+    if not isinstance(header, dict):
+        raise SafetensorsInvalid(f"{path.name}: the safetensors header must be a JSON object.")
     data_start = _HEADER_LENGTH_BYTES + header_length
-    entries = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        entry = TensorEntry(name, info["dtype"], tuple(info["shape"]), data_start + begin, data_start + end)
+    entries = {
+        name: _entry(path.name, name, info, data_start) for name, info in header.items() if name != "__metadata__"
+    }
+    for entry in entries.values():
         if entry.end > size:
             raise FileTruncated(
-                f"{path.name} is truncated: tensor '{name}' needs bytes up to {entry.end} but the file has {size}."
+                f"{path.name} is truncated: tensor '{entry.name}' needs bytes up to {entry.end} but the file has {size}."
             )
-        entries[name] = entry
+    ordered = sorted(entries.values(), key=lambda entry: (entry.start, entry.end))
+    for before, after in zip(ordered, ordered[1:]):
+        if after.start < before.end:
+            raise SafetensorsInvalid(f"{path.name}: tensors '{before.name}' and '{after.name}' overlap.")
     return entries
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse FIFOs, devices, sockets and directories before anything opens them (a FIFO would block)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # the caller reports the missing file in its own words
+    if not stat.S_ISREG(mode):
+        raise FileNotRegular(f"{path.name} is not a regular file.", field=path.name)
+
+
+def _refuse_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SafetensorsInvalid(f"The safetensors header lists {', '.join(repeated)} more than once.")
+    return dict(pairs)
+
+
+def _entry(file_name: str, name: str, info: Any, data_start: int) -> TensorEntry:
+    try:
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        valid = (
+            isinstance(dtype, str)
+            and isinstance(shape, list)
+            and all(isinstance(dim, int) and dim >= 0 for dim in [*shape, begin, end])
+            and begin <= end
+        )
+    except (KeyError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise SafetensorsInvalid(
+            f"{file_name}: tensor '{name}' needs a dtype, a shape and data_offsets [begin, end].", field=name
+        )
+    itemsize = _ITEMSIZE.get(dtype)
+    if itemsize is not None and end - begin != math.prod(shape) * itemsize:
+        raise SafetensorsInvalid(
+            f"{file_name}: tensor '{name}' ({dtype}, shape {shape}) occupies {end - begin} bytes, "
+            f"not {math.prod(shape) * itemsize}.",
+            field=name,
+        )
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
 def read_bytes(path: Path, entry: TensorEntry) -> bytes:

@@ -27,13 +27,13 @@ class AdapterRoots:
             raise PathNotAllowed(f"The path '{raw_path}' contains '..'.")
         if not candidate.is_absolute():
             candidate = self.roots[0] / candidate
-        real = candidate.resolve()
+        real = _resolve(candidate, raw_path)
         if not self._inside(real):
             raise PathNotAllowed(f"The path '{raw_path}' is outside the configured adapter roots.")
         if not real.is_dir():
             raise AdapterPathMissing(raw_path)
         for entry in real.rglob("*"):
-            if entry.is_symlink() and not self._inside(entry.resolve()):
+            if entry.is_symlink() and not self._inside(_resolve(entry, f"{raw_path}/{entry.relative_to(real)}")):
                 raise PathNotAllowed(
                     f"'{entry.relative_to(real)}' in '{raw_path}' links outside the configured adapter roots."
                 )
@@ -41,3 +41,11 @@ class AdapterRoots:
 
     def _inside(self, real: Path) -> bool:
         return any(real == root or real.is_relative_to(root) for root in self.roots)
+
+
+def _resolve(path: Path, shown: str) -> Path:
+    """`path` with every symlink followed; a symlink loop is refused like any path that leads nowhere allowed."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as error:  # Python raises RuntimeError on a symlink loop
+        raise PathNotAllowed(f"The path '{shown}' cannot be resolved: {error}.") from None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.exceptions import TyperException
 from pydantic import ValidationError
 
 from adapters.cli import app as adapters_app
@@ -14,7 +17,9 @@ from adapters.evaluation.cli import eval_command
 from adapters.training.cli import train_command
 from server.settings import Settings
 
-app = typer.Typer(help="Multi-adapter LLM inference server on vLLM.", no_args_is_help=True)
+app = typer.Typer(
+    help="Multi-adapter LLM inference server on vLLM.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 app.add_typer(adapters_app, name="adapters")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
@@ -29,7 +34,19 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        _fail("; ".join(_setting_problem(error) for error in exc.errors()))
+
+
+def _setting_problem(error: Any) -> str:
+    name = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"--{name.replace('_', '-')}: {message}" if name else message
+
+
+def _fail(message: str) -> NoReturn:
+    """End a command with one line on stderr and exit status 2 (bad usage or configuration)."""
+    typer.echo(f"orthoserve: error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -46,6 +63,13 @@ def serve(
     cpu_threads: Annotated[int | None, typer.Option(help=_help("cpu_threads"))] = None,
     cpu_threads_bind: Annotated[str | None, typer.Option(help=_help("cpu_threads_bind"))] = None,
     admin_token: Annotated[str | None, typer.Option(help=_help("admin_token"))] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(help=_help("admin_token_file"))] = None,
+    admin_port: Annotated[int | None, typer.Option(help=_help("admin_port"))] = None,
+    max_queued_requests: Annotated[int | None, typer.Option(help=_help("max_queued_requests"))] = None,
+    max_queued_requests_per_set: Annotated[int | None, typer.Option(help=_help("max_queued_requests_per_set"))] = None,
+    request_timeout: Annotated[float | None, typer.Option(help=_help("request_timeout"))] = None,
+    max_request_bytes: Annotated[int | None, typer.Option(help=_help("max_request_bytes"))] = None,
+    engine_death_exit_seconds: Annotated[float | None, typer.Option(help=_help("engine_death_exit_seconds"))] = None,
     adapter_sets: Annotated[Path | None, typer.Option(help=_help("adapter_sets"))] = None,
     adapter_roots: Annotated[list[Path] | None, typer.Option("--adapter-root", help=_help("adapter_roots"))] = None,
     adapter_memory_budget: Annotated[int | None, typer.Option(help=_help("adapter_memory_budget"))] = None,
@@ -72,17 +96,29 @@ def serve(
     settings = _settings(**locals())
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
     from server.app import create_app
     from server.default_model import ensure_default_model
     from server.engine.service import EngineService
+    from server.engine_watch import ENGINE_DEAD_EXIT_CODE
+    from server.listeners import serve as serve_app
+    from server.startup import StartupError, resolve_serving_settings
 
-    model_dir = settings.model or ensure_default_model(settings)
-    if not (model_dir / "config.json").is_file():
-        raise typer.BadParameter(f"{model_dir} is not a Hugging Face model folder (no config.json)", param_hint="--model")
-    engine = EngineService(settings, model_dir.resolve())
-    uvicorn.run(create_app(settings, engine), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        model_dir = (settings.model or ensure_default_model(settings)).resolve()
+        settings = resolve_serving_settings(settings, model_dir)
+        server_app = create_app(settings, EngineService(settings, model_dir))
+        started = serve_app(server_app, settings)
+    except (StartupError, OSError) as exc:
+        _fail(str(exc))
+    if not started:
+        _fail("the engine failed to start (its log is above).")
+    watch = server_app.state.engine_watch
+    if watch is not None and watch.dead:
+        # Exit now: after an engine death, vLLM's leftover threads can hold up the interpreter's exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ENGINE_DEAD_EXIT_CODE)
 
 
 @app.command("bench-http")
@@ -195,5 +231,52 @@ def bench(
     typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+def soak(
+    model: Annotated[Path | None, typer.Option(help="Base model folder (default: SmolLM2-135M-Instruct).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 2000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+    replace_every: Annotated[float, typer.Option(help="Seconds between replacements of the MoORE set.")] = 1.0,
+    cycle_every: Annotated[float, typer.Option(help="Seconds between unload/reloads of the BADIT set.")] = 3.0,
+    work_dir: Annotated[Path, typer.Option(help="Where the soak's sets and server log are written.")] = Path("soak-results/work"),
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("soak-results/soak.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """Drive a real server with mixed traffic while sets are replaced and reloaded; exit 1 on any failure."""
+    from server.default_model import ensure_default_model
+    from server.soak import SoakConfig, render_report, run_soak, write_json
+
+    config = SoakConfig(
+        model_dir=(model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve(),
+        work_dir=work_dir.resolve(),
+        requests=requests,
+        concurrency=concurrency,
+        replace_every=replace_every,
+        cycle_every=cycle_every,
+    )
+    report = run_soak(config, log=typer.echo)
+    typer.echo(render_report(report))
+    write_json(report, config, json_out)
+    typer.echo(f"wrote {json_out}")
+    if report.failures or report.wrong_version:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """The `orthoserve` command: usage errors are one line on stderr (exit status 2), like start-up errors."""
+    try:
+        status = app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except TyperException as exc:  # usage errors: unknown flag, a value of the wrong type, no command
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:
+            typer.echo(f"orthoserve: error: {message}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(status if isinstance(status, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -29,6 +29,8 @@ Clocks. Two clock domains are used and never mixed within one difference:
 
 Latency histograms describe requests that completed (`outcome="ok"`); cancelled and failed requests
 are counted in `orthoserve_requests_total` and their generated tokens in the token counters.
+Requests refused by admission control never reach the engine: they are counted with
+`outcome="rejected"`, under their set (if it is resident) and `task="_unknown"`.
 
 Running/waiting gauges come from the server's own request tracking: a request is *waiting* from its
 arrival until its first output token reaches the server (queueing and prefill), and *running* from
@@ -210,6 +212,11 @@ class ServingMetrics:
     def on_first_token(self, request: RequestRecord) -> None:
         self.waiting.dec()
         self.running.inc()
+
+    def request_rejected(self, set_name: str) -> None:
+        """A request refused by admission control before it reached the engine (its task is not resolved)."""
+        labels = (BASE_LABEL, BASE_LABEL) if set_name == BASE_LABEL else (set_name, UNKNOWN_LABEL)
+        self.requests.labels(*labels, "rejected").inc()
 
     def on_finish(self, request: RequestRecord) -> None:
         (self.running if request.first_token_time is not None else self.waiting).dec()

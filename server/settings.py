@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     dtype: Dtype = Field(default="auto", description="Weight and activation dtype.")
     max_model_len: int | None = Field(
-        default=2048, ge=16, description="Context length (prompt + output tokens); unset uses the model's."
+        default=None,
+        ge=16,
+        description="Context length (prompt + output tokens); unset: the smaller of 2048 and the model's own.",
     )
     kv_cache_gib: float = Field(default=1.0, gt=0, description="Memory reserved for the KV cache, in GiB.")
     tensor_parallel_size: int = Field(default=1, ge=1, description="Tensor-parallel degree passed to vLLM.")
@@ -54,6 +56,44 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(
         default=None, description="Bearer token of the admin API; without one the admin API is not served."
+    )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="File holding the admin API's bearer token (surrounding whitespace ignored), "
+        "so the token is not on the command line.",
+    )
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve the admin API on this port (same host) instead of the public one.",
+    )
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=0,
+        description="Generation requests accepted but not yet running (no first token) before new ones "
+        "get 429; unset: no limit.",
+    )
+    max_queued_requests_per_set: int | None = Field(
+        default=None,
+        ge=0,
+        description="The same limit for each adapter set (and the base model) on its own; unset: no limit.",
+    )
+    request_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a generation request may take before its engine work is aborted and it gets "
+        "504; a request may ask for less or more with the `x-request-timeout` header. Unset: no limit.",
+    )
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    engine_death_exit_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=15,
+        description="After the engine process dies, seconds for in-flight requests to get their 503 "
+        "before the server stops and exits non-zero (at most 15; the stop itself is cut off after 15 more).",
     )
     adapter_sets: Path | None = Field(
         default=None,
@@ -120,6 +160,29 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown adapter kinds {unknown}; known: {sorted(known)}")
         return kinds
+
+    @model_validator(mode="after")
+    def _read_admin_token_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        if self.admin_token is not None:
+            raise ValueError("give the admin token either directly or as a file, not both")
+        try:
+            token = self.admin_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the admin token file {self.admin_token_file}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"the admin token file {self.admin_token_file} is empty")
+        self.admin_token = token
+        return self
+
+    @model_validator(mode="after")
+    def _admin_port_needs_token(self) -> Settings:
+        if self.admin_port is not None and self.admin_token is None:
+            raise ValueError("--admin-port needs an admin token (--admin-token or --admin-token-file)")
+        if self.admin_port is not None and self.admin_port == self.port and self.port != 0:
+            raise ValueError("--admin-port must differ from --port")
+        return self
 
     @model_validator(mode="after")
     def _no_adapters_across_pipeline_stages(self) -> Settings:

@@ -40,7 +40,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(model_dir: Path, served_name: str, port: int, *extra: str) -> list[str]:
+def server_command(model_dir: Path, served_name: str, port: int, *extra: str, max_model_len: int | None = 512) -> list[str]:
+    context = [] if max_model_len is None else ["--max-model-len", str(max_model_len)]
+    admin = [] if "--admin-token-file" in extra else ["--admin-token", ADMIN_TOKEN]
     return [
         sys.executable, "-m", "server.cli", "serve",
         "--model", str(model_dir),
@@ -48,20 +50,25 @@ def server_command(model_dir: Path, served_name: str, port: int, *extra: str) ->
         "--host", "127.0.0.1",
         "--port", str(port),
         "--kv-cache-gib", "0.25",
-        "--max-model-len", "512",
+        *context,
         "--cpu-threads", "1",
-        "--admin-token", ADMIN_TOKEN,
+        *admin,
         *extra,
     ]  # fmt: skip
 
 
 @contextlib.contextmanager
 def start_server(
-    model_dir: Path, served_name: str, log_path: Path, extra_args: list[str] | None = None
+    model_dir: Path,
+    served_name: str,
+    log_path: Path,
+    extra_args: list[str] | None = None,
+    *,
+    max_model_len: int | None = 512,
 ) -> Iterator[RunningServer]:
     """Start a server, wait until /health answers, and stop it (engine processes included) on exit."""
     port = free_port()
-    command = server_command(model_dir, served_name, port, *(extra_args or []))
+    command = server_command(model_dir, served_name, port, *(extra_args or []), max_model_len=max_model_len)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

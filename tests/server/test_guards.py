@@ -1,0 +1,229 @@
+"""Request guards on the real server: body limit, admission control, deadlines, disconnects, probes,
+the admin API on its own port with a token file, and the default context length.
+
+One server for the module, on a tiny model whose context (384) is shorter than the default 2048.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.base_model import describe_base_model
+from tests.router.adapter_sets import make_set
+from tests.server_process import RunningServer, free_port, start_server
+from tests.tiny_model import build_tiny_llama
+
+MODEL = "ctx384"
+CONTEXT = 384
+MAX_BYTES = 16 * 1024
+MAX_QUEUED = 6
+MAX_QUEUED_PER_SET = 3
+TOKEN = "token-from-a-file"
+SET = "guarded-set"
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 14  # about 300 tokens
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, test_svd_cache: Path) -> Iterator[tuple[RunningServer, str]]:
+    work = tmp_path_factory.mktemp("guards")
+    model_dir = build_tiny_llama(work / "model", max_position_embeddings=CONTEXT)
+    startup_sets_dir = work / "sets"
+    make_set(startup_sets_dir / SET, describe_base_model(model_dir), kind="lora", tasks=("boolq",), svd_cache_dir=test_svd_cache)
+    token_file = work / "admin-token"
+    token_file.write_text(f"  {TOKEN}\n")
+    admin_port = free_port()
+    extra = [
+        "--max-request-bytes", str(MAX_BYTES),
+        "--max-queued-requests", str(MAX_QUEUED),
+        "--max-queued-requests-per-set", str(MAX_QUEUED_PER_SET),
+        "--admin-token-file", str(token_file),
+        "--admin-port", str(admin_port),
+        "--adapter-sets", str(startup_sets_dir),
+    ]  # fmt: skip
+    with start_server(model_dir, MODEL, work / "server.log", extra, max_model_len=None) as server:
+        yield server, f"http://127.0.0.1:{admin_port}"
+
+
+def completion(server: RunningServer, model: str = MODEL, **fields) -> dict:
+    return {"model": model, "prompt": "Hello there", "max_tokens": 8, "temperature": 0, **fields}
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"] and "param" in error
+    return error
+
+
+def metric(server: RunningServer, path: str, name: str, labels: str = "") -> float:
+    """Sum of the samples of `name` whose label text contains `labels`."""
+    total = 0.0
+    for line in httpx.get(f"{server.base_url}{path}", timeout=30).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if not line.startswith("#") and series.split("{", 1)[0] == name and labels in series:
+            total += float(value)
+    return total
+
+
+def test_context_defaults_to_the_models_own_when_shorter_than_2048(guarded):
+    server, _ = guarded
+    card = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["data"][0]
+    assert card["id"] == MODEL and card["max_model_len"] == CONTEXT
+
+
+def test_probes(guarded):
+    server, _ = guarded
+    assert httpx.get(f"{server.base_url}/health", timeout=30).json() == {"status": "ok"}
+    assert httpx.get(f"{server.base_url}/ready", timeout=30).json() == {"status": "ready"}
+
+
+def test_body_over_the_limit_is_413_before_parsing(guarded):
+    server, _ = guarded
+    url = f"{server.base_url}/v1/completions"
+    # Not even JSON: the limit answers before the parser would have said 400.
+    assert_envelope(httpx.post(url, content=b"{" * (MAX_BYTES + 1), timeout=30), 413, "request_too_large")
+    chunked = (b"x" * 1024 for _ in range(MAX_BYTES // 1024 + 2))  # no Content-Length
+    assert_envelope(httpx.post(url, content=chunked, timeout=30), 413, "request_too_large")
+    # The admin listener has the same limit.
+    _, admin = guarded
+    big = {"name": "x" * MAX_BYTES, "path": "p"}
+    response = httpx.post(f"{admin}/v1/adapter-sets", json=big, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert_envelope(response, 413, "request_too_large")
+    # Just under the limit is served.
+    ok = httpx.post(url, json=completion(server, prompt="a " * 100), timeout=60)
+    assert ok.status_code == 200, ok.text
+
+
+def _burst(server: RunningServer, bodies: list[dict]) -> list[httpx.Response]:
+    """Send every request within microseconds: connect first, then write all requests, then read."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    connections = [socket.create_connection((host, int(port)), timeout=300) for _ in bodies]
+    for connection, body in zip(connections, bodies):
+        content = json.dumps(body).encode()
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n"
+        )
+        connection.sendall(head.encode() + content)
+    responses = []
+    for connection in connections:
+        raw = http.client.HTTPResponse(connection)
+        raw.begin()
+        responses.append(httpx.Response(raw.status, headers=raw.getheaders(), content=raw.read()))
+        connection.close()
+    return responses
+
+
+def _prompt(index: int) -> str:
+    """A long prompt of its own (no shared prefix to take from the cache)."""
+    return f"{index} " + LONG_PROMPT
+
+
+def test_a_burst_past_the_queue_limit_gets_429_and_is_counted(guarded):
+    server, _ = guarded
+    rejected_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"')
+    responses = _burst(server, [completion(server, prompt=_prompt(index), max_tokens=4) for index in range(24)])
+    refused = [r for r in responses if r.status_code == 429]
+    served = [r for r in responses if r.status_code == 200]
+    assert len(refused) + len(served) == len(responses), [r.text for r in responses]
+    assert refused and len(served) >= MAX_QUEUED_PER_SET
+    for response in refused:
+        assert_envelope(response, 429, "server_overloaded")
+        assert int(response.headers["retry-after"]) >= 1
+    rejected = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"') - rejected_before
+    assert rejected == len(refused)
+    assert metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected",set="base",task="base"') >= rejected
+
+
+def test_one_hot_set_cannot_starve_another(guarded):
+    server, _ = guarded
+    hot = [completion(server, prompt=_prompt(index), max_tokens=4) for index in range(16)]
+    other = completion(server, model=f"{SET}/boolq", prompt=_prompt(99), max_tokens=4)
+    responses = _burst(server, [*hot[:8], other, *hot[8:]])
+    assert any(r.status_code == 429 for r in responses)
+    assert responses[8].status_code == 200, responses[8].text
+    assert responses[8].headers["x-orthoserve-adapter-set"].startswith(f"{SET}@")
+
+
+def _engine_idle(server: RunningServer) -> bool:
+    return (
+        metric(server, "/metrics/vllm", "vllm:num_requests_running") == 0
+        and metric(server, "/metrics/vllm", "vllm:num_requests_waiting") == 0
+        and metric(server, "/metrics", "orthoserve_requests_running") == 0
+        and metric(server, "/metrics", "orthoserve_requests_waiting") == 0
+    )
+
+
+def _wait_idle(server: RunningServer, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not _engine_idle(server):
+        assert time.monotonic() < deadline, "the engine still runs the request"
+        time.sleep(0.2)
+
+
+def test_deadline_aborts_the_engine_work_and_answers_504(guarded):
+    server, _ = guarded
+    url = f"{server.base_url}/v1/completions"
+    started = time.monotonic()
+    body = completion(server, max_tokens=CONTEXT - 8)
+    response = httpx.post(url, json=body, headers={"x-request-timeout": "0.2"}, timeout=60)
+    assert_envelope(response, 504, "request_timeout")
+    assert time.monotonic() - started < 5
+    _wait_idle(server)
+
+
+def test_deadline_ends_a_started_stream_with_an_error_event(guarded):
+    server, _ = guarded
+    body = completion(server, max_tokens=CONTEXT - 8, stream=True)
+    headers = {"x-request-timeout": "0.5"}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert '"code": "request_timeout"' in events[-2]
+    _wait_idle(server)
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "1e9"])
+def test_a_bad_deadline_header_is_400(guarded, value):
+    server, _ = guarded
+    response = httpx.post(f"{server.base_url}/v1/completions", json=completion(server), headers={"x-request-timeout": value})
+    assert_envelope(response, 400, "invalid_request_timeout")
+
+
+def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
+    server, _ = guarded
+    cancelled_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"')
+    body = completion(server, max_tokens=CONTEXT - 8, stream=True)
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        # vLLM publishes its scheduler counts once per step: keep the stream going until they show it.
+        deadline = time.monotonic() + 30
+        while metric(server, "/metrics/vllm", "vllm:num_requests_running") != 1:
+            assert time.monotonic() < deadline, "the engine never reported the request running"
+            next(line for line in lines if line.startswith("data: "))
+    _wait_idle(server)
+    assert metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"') == cancelled_before + 1
+
+
+def test_admin_api_is_on_its_own_port_with_the_token_from_the_file(guarded):
+    server, admin = guarded
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    listing = httpx.get(f"{admin}/v1/adapter-sets", headers=headers, timeout=30)
+    assert listing.status_code == 200 and SET in {entry["name"] for entry in listing.json()["data"]}
+    assert httpx.get(f"{admin}/v1/adapter-sets", headers={"Authorization": "Bearer nope"}).status_code == 401
+    public = httpx.get(f"{server.base_url}/v1/adapter-sets", headers=headers, timeout=30)
+    assert public.status_code == 404
+    assert "/v1/adapter-sets" not in httpx.get(f"{server.base_url}/openapi.json").json()["paths"]
+    admin_paths = httpx.get(f"{admin}/openapi.json").json()["paths"]
+    assert set(admin_paths) == {"/v1/adapter-sets", "/v1/adapter-sets/{name}"}
+    # The admin listener serves nothing else.
+    assert httpx.post(f"{admin}/v1/completions", json=completion(server)).status_code == 404
