@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from server.asgi_support import GENERATION_PATHS
-from server.protocol import ErrorResponse
+from server.errors import ErrorResponse
 
 DESCRIPTIONS = {
     400: "Malformed request: invalid JSON, fields, task tag or `x-request-timeout`.",
