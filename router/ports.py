@@ -36,10 +36,6 @@ class SetValidator(Protocol):
         """Validate fully (blocking); raise a typed error with a stable `.code` if the set is bad."""
         ...
 
-    def estimate(self, set_dir: Path) -> int:
-        """The set's engine footprint from its manifest alone (cheap; raises on a bad manifest)."""
-        ...
-
 
 class RegistryObserver(Protocol):
     """Receives residency events (metrics)."""

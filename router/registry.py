@@ -133,19 +133,15 @@ class AdapterRegistry:
         return loaded
 
     async def _load_exclusive(self, name: str, set_dir: Path) -> ResidentVersion:
-        """Full validation (in a thread) and the engine load run at the same time; nothing is published
-        unless both succeed, and a set that fails validation is unloaded again. The engine only reads
-        files: a bad one fails there too, and the validator's error, which names the problem, wins."""
+        """Validate fully (in a thread), then load into the engine; the engine never reads a file that
+        has not passed validation. Nothing is published unless both succeed."""
         started = time.perf_counter()
-        validation: asyncio.Future[SetDescription] | None = None
+        description: SetDescription | None = None
         try:
-            needed = await asyncio.to_thread(self._validator.estimate, set_dir)
-            self._check_budget(name, needed)
-            validation = asyncio.ensure_future(asyncio.to_thread(self._validator, set_dir))
-            slot, nbytes = await self._load_alongside(name, set_dir, needed, validation)
-            description = validation.result()
+            description = await asyncio.to_thread(self._validator, set_dir)
+            slot, nbytes = await self._load_into_engine(name, set_dir, description.nbytes)
         except Exception as error:
-            self._notify_failed(_description_if_valid(validation), error)
+            self._notify_failed(description, error)
             raise
         finally:
             self._busy.discard(name)
@@ -172,28 +168,19 @@ class AdapterRegistry:
             await self._retire(previous)
         return entry
 
-    async def _load_alongside(
-        self, name: str, set_dir: Path, needed: int, validation: asyncio.Future[SetDescription]
-    ) -> tuple[int, int]:
-        """(slot, bytes) of the set loaded into the engine while `validation` runs; on any failure the
-        engine holds nothing of it."""
+    async def _load_into_engine(self, name: str, set_dir: Path, needed: int) -> tuple[int, int]:
+        """(slot, bytes) of the validated set loaded into the engine; on any failure the engine holds
+        nothing of it."""
+        self._check_budget(name, needed)
         self._reserved_bytes += needed
         slot = next(self._slots)
         try:
             nbytes = await self._backend.load(slot, set_dir)
-        except BaseException:
-            await asyncio.wait([validation])
-            validation.result()  # the validator's error, if the set is bad, explains the failure best
-            raise
         finally:
             self._reserved_bytes -= needed
-        try:
-            await validation
-            if self.memory_budget is not None and self.used_bytes + self._reserved_bytes + nbytes > self.memory_budget:
-                raise MemoryBudgetExceeded(name, nbytes, self.used_bytes + self._reserved_bytes, self.memory_budget)
-        except BaseException:
+        if self.memory_budget is not None and self.used_bytes + self._reserved_bytes + nbytes > self.memory_budget:
             await self._backend.unload(slot)
-            raise
+            raise MemoryBudgetExceeded(name, nbytes, self.used_bytes + self._reserved_bytes, self.memory_budget)
         return slot, nbytes
 
     def _check_budget(self, name: str, needed: int) -> None:
@@ -249,8 +236,3 @@ class AdapterRegistry:
             self._observer.set_unloaded(entry.name, entry.kind, entry.version)
         logger.info("unloaded adapter set %s (%d bytes freed)", entry.label, entry.nbytes)
 
-
-def _description_if_valid(validation: asyncio.Future[SetDescription] | None) -> SetDescription | None:
-    if validation is None or not validation.done() or validation.cancelled() or validation.exception() is not None:
-        return None
-    return validation.result()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from adapters.base_model import BaseModelInfo
-from adapters.format import load_adapter_set, read_manifest
+from adapters.format import load_adapter_set
 from router.heap import release_freed_memory
 from router.ports import SetDescription
 
@@ -29,10 +28,6 @@ class AdapterSetValidator:
         finally:
             # The set's tensors were read only to check them; give their memory back now.
             release_freed_memory()
-
-    def estimate(self, set_dir: Path) -> int:
-        manifest = read_manifest(set_dir)
-        return sum(math.prod(record.shape) for record in manifest.tensors.values()) * self._itemsize
 
     def _describe(self, set_dir: Path) -> SetDescription:
         adapter_set = load_adapter_set(set_dir, self._base)

@@ -79,9 +79,6 @@ class Validator:
             return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
         return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
 
-    def estimate(self, set_dir: Path) -> int:
-        return 900
-
 
 @pytest.fixture
 def anyio_backend():
