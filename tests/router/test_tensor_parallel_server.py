@@ -30,6 +30,7 @@ def tp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runnin
     work = tmp_path_factory.mktemp("tp-server")
     model = build_tiny_llama(work / "model", hidden_size=512, num_heads=8, num_kv_heads=2, intermediate_size=1024)
     root, cache = work / "sets", work / "cache"
+    root.mkdir()
     # fp32: answers are compared across batches, and bf16 GEMMs may round a row differently in another batch.
     extra = ["--tensor-parallel-size", "2", "--dtype", "float32", "--adapter-root", str(root), "--cache-dir", str(cache)]
     with start_server(model, "tp-llama", work / "server.log", extra) as server:
