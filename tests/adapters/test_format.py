@@ -122,7 +122,7 @@ def test_bad_tensors(set_dirs, base, tmp_path, edit, error, field) -> None:
     _rewrite_tensors(set_dir, edit)
     with pytest.raises(error) as raised:
         load_adapter_set(set_dir, base)
-    assert raised.value.field == field and field in raised.value.message
+    assert raised.value.param == field and field in raised.value.message
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_bad_manifests(set_dirs, base, tmp_path, edit, error, field) -> None:
     _edit_manifest(set_dir, edit)
     with pytest.raises(error) as raised:
         load_adapter_set(set_dir, base)
-    assert raised.value.field == field
+    assert raised.value.param == field
 
 
 def test_lora_with_two_tasks_and_bad_mixture(set_dirs, base, tmp_path) -> None:
@@ -183,7 +183,7 @@ def test_flipped_byte_fails_the_checksum(set_dirs, base, tmp_path) -> None:
     (set_dir / TENSORS_FILE).write_bytes(bytes(data))
     with pytest.raises(errors.ChecksumMismatch) as raised:
         load_adapter_set(set_dir, base)
-    assert raised.value.field == "layers.0.q_proj.A"
+    assert raised.value.param == "layers.0.q_proj.A"
 
 
 def test_missing_files(set_dirs, base, tmp_path) -> None:
