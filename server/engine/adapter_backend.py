@@ -62,13 +62,13 @@ class AdapterEngineBackend:
         self._kinds[slot] = manifest.kind
         try:
             args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
-            try:
-                per_rank = await self._engine.collective_rpc("orthoserve_load_slot", args=args)
-            except Exception as error:
+            per_rank = await self._engine.collective_rpc("orthoserve_load_slot", args=args)
+            failures = [result["error"] for result in per_rank if "error" in result]
+            if failures:
                 # Some rank failed: the others may hold the set. Drop it everywhere, then report.
                 await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
-                raise AdapterEngineLoadFailed(f"The engine could not load the set: {error}") from error
-            return max(per_rank)  # bytes on the most loaded rank
+                raise AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
+            return max(result["bytes"] for result in per_rank)  # bytes on the most loaded rank
         except BaseException:
             self._kinds.pop(slot, None)
             raise

@@ -78,7 +78,12 @@ class OfflineEngine:
     def load(self, slot: int, set_dir: Path) -> int:
         """Bytes the set takes on the most loaded rank."""
         args = load_slot_args(self.base, self._svd_cache_dir, slot, set_dir)
-        return max(self.llm.collective_rpc("orthoserve_load_slot", args=args))
+        per_rank = self.llm.collective_rpc("orthoserve_load_slot", args=args)
+        failures = [result["error"] for result in per_rank if "error" in result]
+        if failures:
+            self.unload(slot)
+            raise RuntimeError(f"the engine could not load {set_dir}: {failures[0]}")
+        return max(result["bytes"] for result in per_rank)
 
     def unload(self, slot: int) -> int:
         return max(self.llm.collective_rpc("orthoserve_unload_slot", args=(slot,)))

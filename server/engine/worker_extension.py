@@ -49,10 +49,15 @@ def install_adapters(model_runner: object) -> None:
 
 
 class OrthoserveWorkerExtension:
-    def orthoserve_load_slot(self, slot: int, set_dir: str, factors_dir: str | None) -> int:
-        """Load one validated adapter-set version under `slot`; returns the bytes it occupies here."""
+    def orthoserve_load_slot(self, slot: int, set_dir: str, factors_dir: str | None) -> dict[str, int | str]:
+        """Load one validated adapter-set version under `slot`: `{"bytes": n}` it occupies here, or
+        `{"error": why}`. Failures are returned, not raised: a raising collective call leaves vLLM's
+        tensor-parallel response queues out of step for the next call."""
         factors = pathlib.Path(factors_dir) if factors_dir else None
-        return self._orthoserve_adapters().load(slot, pathlib.Path(set_dir), factors)
+        try:
+            return {"bytes": self._orthoserve_adapters().load(slot, pathlib.Path(set_dir), factors)}
+        except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
+            return {"error": f"{type(error).__name__}: {error}"}
 
     def orthoserve_unload_slot(self, slot: int) -> int:
         """Drop `slot` and the base factors no remaining slot needs. Returns the bytes freed."""

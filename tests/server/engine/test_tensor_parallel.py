@@ -89,7 +89,7 @@ def run(model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path], tensor_
         loaded = [engine.load(slot, set_dirs[name]) for slot, name in enumerate(SETS, start=1)]
         resident = engine.resident_bytes()
         # A set the workers cannot hold (rank 16 > 8) fails inside them and leaves nothing behind on any rank.
-        with pytest.raises(Exception, match="size of tensor"):
+        with pytest.raises(RuntimeError, match="size of tensor"):
             engine.load(99, set_dirs["lora-rank-16"])
         assert engine.resident_bytes() == resident
         return engine.generate(requests()), loaded, resident
