@@ -55,8 +55,10 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(tiny_
             streams = [pool.submit(_stream, server.base_url, event) for event in started]
             assert all(event.wait(60) for event in started), "the streams never started"
             plains = [pool.submit(_plain, server.base_url) for _ in range(2)]
-            while _in_flight(server.base_url) < 4:  # the plain requests reached the engine too
+            deadline = time.monotonic() + 20
+            while _in_flight(server.base_url) < 4 and time.monotonic() < deadline:  # the plain requests arrive too
                 time.sleep(0.01)
+            assert _in_flight(server.base_url) >= 2, "the streams must be in flight when the engine dies"
             engine_cores[0].kill()
             killed_at = time.monotonic()
 
