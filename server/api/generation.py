@@ -22,7 +22,7 @@ from router.step_routing import ROUTING_KEY
 from server.engine import vllm_internals as vi
 from server.engine.request_scope import RequestScope
 from server.engine.service import EngineService
-from server.errors import ClientDisconnected, InvalidRequest, vllm_error_response
+from server.errors import ClientDisconnected, EngineUnavailable, InvalidRequest, vllm_error_response
 from server.lifecycle import Endpoint
 
 T = TypeVar("T")
@@ -43,6 +43,8 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
         with scope.active():
             result = await until_disconnected(http, call(body, http))
         if isinstance(result, vi.VllmErrorResponse):
+            if result.error.code >= 500 and engine.is_dead():
+                raise EngineUnavailable("The engine has stopped.")
             scope.finish("client_error" if result.error.code < 500 else "server_error")
             return vllm_error_response(result)
         if isinstance(result, BaseModel):
@@ -54,6 +56,8 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
         scope.fail(exc)
         if isinstance(exc, DomainError):
             raise
+        if engine.is_dead():
+            raise EngineUnavailable("The engine has stopped.") from exc
         return vllm_error_response(vi.create_error_response(exc))  # bad values vLLM raises as plain errors
     except BaseException as exc:
         scope.fail(exc)

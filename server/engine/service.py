@@ -86,6 +86,10 @@ class EngineService:
         async for _ in self.engine.generate(vc.TokensPrompt(prompt_token_ids=[0]), params, "warmup"):
             pass
 
+    def is_dead(self) -> bool:
+        """True once the engine process has died (not when it was stopped on purpose)."""
+        return self._engine is not None and self._engine.errored
+
     async def stop(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
