@@ -58,6 +58,17 @@ def tree_rss(process: psutil.Process) -> int:
     return sum(member.memory_info().rss for member in [process, *process.children(recursive=True)])
 
 
+def unload_and_wait_for_rss(server: RunningServer, process: psutil.Process, before: int) -> None:
+    """Unload `big` and wait until the server's process tree is back to `before` ± 5 %."""
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    unloaded = httpx.delete(f"{server.base_url}/v1/adapter-sets/big", params={"wait": True}, headers=headers, timeout=120)
+    assert unloaded.status_code == 200
+    deadline = time.monotonic() + 30
+    while abs(tree_rss(process) - before) > 0.05 * before:
+        assert time.monotonic() < deadline, f"RSS {tree_rss(process)} did not return to {before} ± 5%"
+        time.sleep(0.5)
+
+
 def test_unload_returns_rss_to_baseline_and_budget_refuses_overflow(wide):
     server, big = wide
     process = psutil.Process(server.process.pid)
@@ -77,22 +88,11 @@ def test_unload_returns_rss_to_baseline_and_budget_refuses_overflow(wide):
     assert error["code"] == "adapter_memory_budget_exceeded"
     assert str(nbytes) in error["message"] and str(BUDGET) in error["message"]  # used and budget, with needed
 
-    headers = {"Authorization": f"Bearer {server.admin_token}"}
-    unloaded = httpx.delete(f"{server.base_url}/v1/adapter-sets/big", params={"wait": True}, headers=headers, timeout=120)
-    assert unloaded.status_code == 200
-    deadline = time.monotonic() + 30
-    while abs(tree_rss(process) - before) > 0.05 * before:
-        assert time.monotonic() < deadline, f"RSS {tree_rss(process)} did not return to {before} ± 5%"
-        time.sleep(0.5)
+    unload_and_wait_for_rss(server, process, before)
     assert complete(server, server.model) == 200
 
     # The freed slot takes the set again, and a second unload gives the memory back again: no leak per cycle.
     reloaded = admin_post(server, "big", big)
     assert reloaded.status_code == 201, reloaded.text
     assert complete(server, "big/boolq") == 200
-    unloaded = httpx.delete(f"{server.base_url}/v1/adapter-sets/big", params={"wait": True}, headers=headers, timeout=120)
-    assert unloaded.status_code == 200
-    deadline = time.monotonic() + 30
-    while abs(tree_rss(process) - before) > 0.05 * before:
-        assert time.monotonic() < deadline, f"RSS {tree_rss(process)} did not return to {before} ± 5% after a second cycle"
-        time.sleep(0.5)
+    unload_and_wait_for_rss(server, process, before)
