@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 """Routes that start engine work: admission and deadlines apply to these."""
 
 

@@ -32,6 +32,7 @@ DESCRIPTIONS = {
 }
 
 ADMIN_PREFIX = "/v1/adapter-sets"
+TOKENIZER_PATHS = ("/tokenize", "/detokenize")  # they resolve the `model` tag too
 _REF_PREFIX = "#/components/schemas/"
 
 # Every route: the body limit, the dead-engine gate, and unexpected failures.
@@ -39,6 +40,7 @@ _EVERY_ROUTE = frozenset({413, 500, 503})
 # (applies to the route?, statuses it adds); all matching rules apply.
 _RULES: tuple[tuple[Callable[[str, str], bool], frozenset[int]], ...] = (
     (lambda method, path: method == "POST" and path in GENERATION_PATHS, frozenset({400, 404, 429, 504})),
+    (lambda method, path: method == "POST" and path in TOKENIZER_PATHS, frozenset({404})),
     (lambda method, path: path.startswith(ADMIN_PREFIX), frozenset({401})),
     (lambda method, path: method == "POST" and path == ADMIN_PREFIX, frozenset({403, 409, 422, 507})),
     (lambda method, path: method == "DELETE" and path.startswith(ADMIN_PREFIX), frozenset({404, 409})),

@@ -28,6 +28,14 @@ from server.lifecycle import Endpoint
 T = TypeVar("T")
 ServingCall = Callable[[Any, Request], Awaitable[Any]]
 _ERROR_EVENT = 'data: {"error"'
+_ENGINE_UNAVAILABLE_EVENT = {
+    "error": {
+        "message": "The engine has stopped.",
+        "type": EngineUnavailable.type,
+        "param": None,
+        "code": EngineUnavailable.code,
+    }
+}
 
 
 async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: ServingCall) -> Response:
@@ -69,7 +77,8 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
         error = vi.VllmErrorResponse.model_validate(json.loads(first.removeprefix("data: ")))
         scope.finish("client_error" if error.error.code < 500 else "server_error")
         return vllm_error_response(error)
-    return StreamingResponse(_sse(scope, first, events), media_type="text/event-stream", headers=scope.headers)
+    stream = _sse(scope, first, events, engine)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=scope.headers)
 
 
 def _body_task(body: Any) -> str | None:
@@ -98,22 +107,30 @@ async def _in_scope(scope: RequestScope, events: AsyncIterator[Any]) -> AsyncGen
             yield event
 
 
-async def _sse(scope: RequestScope, first: Any, events: AsyncGenerator[Any, None]) -> AsyncIterator[str]:
+async def _sse(
+    scope: RequestScope, first: Any, events: AsyncGenerator[Any, None], engine: EngineService
+) -> AsyncIterator[str]:
     try:
         async with contextlib.aclosing(events):
             if first is not None:
-                yield _sse_text(first)
+                yield _sse_text(first, engine)
                 async for event in events:
-                    yield _sse_text(event)
+                    yield _sse_text(event, engine)
     except BaseException as exc:
         scope.fail(exc)
         raise
     scope.end_stream()
 
 
-def _sse_text(event: Any) -> str:
-    """Chat and completion streams yield ready SSE text; Responses streams yield typed events."""
+def _sse_text(event: Any, engine: EngineService) -> str:
+    """Chat and completion streams yield ready SSE text; Responses streams yield typed events.
+
+    A stream cut by the engine's death ends with the same 503 `engine_unavailable` error as a whole
+    response, rather than vLLM's generic 500 event.
+    """
     if isinstance(event, str):
+        if event.startswith(_ERROR_EVENT) and engine.is_dead():
+            return f"data: {json.dumps(_ENGINE_UNAVAILABLE_EVENT)}\n\n"
         return event
     return f"event: {event.type}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 

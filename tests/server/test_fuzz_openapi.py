@@ -54,6 +54,9 @@ def test_no_5xx_and_every_status_is_declared(server):
 EXPECTED_ERRORS = {
     ("POST", "/v1/completions"): {400, 404, 413, 429, 500, 503, 504},
     ("POST", "/v1/chat/completions"): {400, 404, 413, 429, 500, 503, 504},
+    ("POST", "/v1/responses"): {400, 404, 413, 429, 500, 503, 504},
+    ("POST", "/tokenize"): {400, 404, 413, 500, 503},
+    ("POST", "/detokenize"): {400, 404, 413, 500, 503},
     ("GET", "/v1/models"): {413, 500, 503},
     ("GET", "/health"): {413, 500, 503},
     ("GET", "/ready"): {413, 500, 503},
