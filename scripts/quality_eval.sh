@@ -18,7 +18,7 @@ TASKS=boolq,arc-e,piqa,sciq,copa
 URL=http://127.0.0.1:$PORT
 export OMP_NUM_THREADS=1
 if ! curl -sf "$URL/health" >/dev/null; then
-    $PY -m server.cli serve --model "$M" --dtype float32 --port "$PORT" --cpu-threads 1 --max-model-len 1024 \
+    $PY -m server.cli serve --model "$M" --dtype float32 --port "$PORT" --cpu-threads 1 --max-model-len 1024 --max-lora-rank 128 \
         --admin-token "$ADMIN_TOKEN" --adapter-root "$OUT/sets" > "$OUT/server.log" 2>&1 &
     SERVER=$!
     trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -34,7 +34,7 @@ for row in ${ROWS[*]}; do
     fidelity=()
     if [ "$row" != base ]; then
         curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -X DELETE "$URL/v1/adapter-sets/csr-$row?wait=true" >/dev/null || true
-        curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" -d "{\"name\":\"csr-$row\",\"path\":\"$OUT/sets/csr-$row\"}" \
+        curl -sS --fail-with-body -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" -d "{\"name\":\"csr-$row\",\"path\":\"$OUT/sets/csr-$row\"}" \
             "$URL/v1/adapter-sets" >/dev/null
         fidelity=(--reference --set-dir "$OUT/sets/csr-$row")
     fi
