@@ -5,13 +5,17 @@
     <set>/adapter.safetensors    tensors `layers.{i}.{proj}.{param}` (params per method: see
                                  adapters/{moore,badit,lora}/loader.py)
 
-`load_adapter_set` validates everything before a tensor is handed out; `save_adapter_set` validates
-the same way, writes into a temporary folder and renames it into place.
+`load_adapter_set` validates everything before a tensor is handed out, in two steps that can also run
+apart: `check_structure` (manifest and header, no tensor bytes) and `read_checked_tensors` (checksums
+and values). `save_adapter_set` validates the same way, writes into a temporary folder and renames it
+into place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +32,7 @@ from adapters.errors import (
     ChecksumMismatch,
     DtypeInvalid,
     ExtraTensor,
+    FileTruncated,
     FingerprintMismatch,
     ManifestInvalid,
     MissingTensor,
@@ -37,7 +42,7 @@ from adapters.errors import (
 )
 from adapters.manifest import FORMAT_VERSION, Manifest, hyper_parameters_of, parse_manifest
 from adapters.registry import MethodConfig, MethodSpec
-from adapters.safetensors_io import check_regular_file, read_header, tensor_checksums
+from adapters.safetensors_io import TensorEntry, check_regular_file, read_header, tensor_checksums
 from adapters.tensor_names import TENSOR_NAME
 
 MANIFEST_FILE = "manifest.json"
@@ -98,8 +103,32 @@ class AdapterSet:
                 yield layer, proj, self.module(layer, proj)
 
 
+@dataclass(frozen=True)
+class SetStructure:
+    """A set whose manifest, tensor names, shapes and dtypes are checked; its tensor bytes are not read yet."""
+
+    path: Path
+    manifest: Manifest
+    config: MethodConfig
+    entries: dict[str, TensorEntry]
+
+    @property
+    def num_elements(self) -> int:
+        """Elements of all its tensors together."""
+        return sum(math.prod(entry.shape) for entry in self.entries.values())
+
+
 def load_adapter_set(path: Path | str, base: BaseModelInfo | None) -> AdapterSet:
     """Read and fully validate a set. With `base=None` (inspection only) the base checks are skipped."""
+    structure = check_structure(path, base)
+    tensors = read_checked_tensors(structure)
+    return AdapterSet(manifest=structure.manifest, config=structure.config, tensors=tensors, path=structure.path)
+
+
+def check_structure(path: Path | str, base: BaseModelInfo | None) -> SetStructure:
+    """Everything but the tensor bytes: the manifest, the base fingerprint, the tensor file's header
+    (a regular file whose byte ranges are whole and disjoint), and every tensor's name, shape and dtype.
+    Cheap: reads the manifest and the header only. After it, the file is safe to hand to a reader."""
     path = Path(path)
     manifest = read_manifest(path)
     config = manifest.method_config()
@@ -119,12 +148,25 @@ def load_adapter_set(path: Path | str, base: BaseModelInfo | None) -> AdapterSet
         _check_dtype(name, entry.dtype, manifest.method())
         if entry.dtype != record.dtype:
             raise DtypeInvalid(f"Tensor '{name}' is {entry.dtype} but the manifest says {record.dtype}.", field=name)
-    for name, digest in tensor_checksums(tensors_path).items():
-        if digest != manifest.tensors[name].sha256:
-            raise ChecksumMismatch(f"Tensor '{name}' does not match its sha256 in the manifest: the file is corrupt.", field=name)
-    tensors = load_file(str(tensors_path))
-    _check_values(tensors, manifest.method(), config)
-    return AdapterSet(manifest=manifest, config=config, tensors=tensors, path=path)
+    return SetStructure(path=path, manifest=manifest, config=config, entries=entries)
+
+
+def read_checked_tensors(structure: SetStructure) -> dict[str, torch.Tensor]:
+    """The tensors of a set whose structure is checked, each read once: its bytes must match the
+    manifest's sha256, and its values must be finite and pass the method's checks."""
+    tensors = {}
+    with (structure.path / TENSORS_FILE).open("rb") as handle:
+        for name, entry in sorted(structure.entries.items(), key=lambda item: item[1].start):
+            tensor = torch.empty(entry.shape, dtype=_DTYPES[entry.dtype])
+            raw = tensor.view(-1).view(torch.uint8).numpy()  # the tensor's own bytes, filled in place
+            handle.seek(entry.start)
+            if handle.readinto(raw) != raw.size:
+                raise FileTruncated(f"{TENSORS_FILE} ended inside tensor '{name}': the file changed while it was read.", field=name)
+            if hashlib.sha256(raw).hexdigest() != structure.manifest.tensors[name].sha256:
+                raise ChecksumMismatch(f"Tensor '{name}' does not match its sha256 in the manifest: the file is corrupt.", field=name)
+            tensors[name] = tensor
+    _check_values(tensors, structure.manifest.method(), structure.config)
+    return tensors
 
 
 def read_manifest(path: Path | str) -> Manifest:
@@ -259,10 +301,18 @@ def _check_dtype(name: str, tag: str, method: MethodSpec) -> None:
 def _check_values(tensors: dict[str, torch.Tensor], method: MethodSpec, config: MethodConfig) -> None:
     for name in sorted(tensors):
         tensor = tensors[name]
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise NonFiniteTensor(f"Tensor '{name}' contains NaN or infinite values.", field=name)
         method.check_values(name, tensor, config)
 
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # One pass without a boolean copy: NaN spreads to both extremes, ±inf shows in one of them.
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def read_validated_set(path: Path | str) -> AdapterSet:

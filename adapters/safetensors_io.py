@@ -11,6 +11,7 @@ import json
 import math
 import stat
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,11 @@ def check_regular_file(path: Path) -> None:
 
 
 def _refuse_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    names = [name for name, _ in pairs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        repeated = sorted(name for name, count in Counter(name for name, _ in pairs).items() if count > 1)
         raise SafetensorsInvalid(f"The safetensors header lists {', '.join(repeated)} more than once.")
-    return dict(pairs)
+    return result
 
 
 def _entry(file_name: str, name: str, info: Any, data_start: int) -> TensorEntry:

@@ -32,8 +32,14 @@ class SetDescription:
 
 
 class SetValidator(Protocol):
-    def __call__(self, set_dir: Path) -> SetDescription:
-        """Validate fully (blocking); raise a typed error with a stable `.code` if the set is bad."""
+    """Both steps block and raise a typed error with a stable `.code` if the set is bad."""
+
+    def describe(self, set_dir: Path) -> SetDescription:
+        """Check everything but the tensor bytes (cheap); after it the engine may read the file."""
+        ...
+
+    def check_contents(self, set_dir: Path) -> None:
+        """Check every tensor's bytes (checksums, values); slow, run while the engine loads the set."""
         ...
 
 

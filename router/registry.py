@@ -1,7 +1,8 @@
 """The resident adapter registry: the one source of truth for which set versions serve requests.
 
-Life of a version: validate (in a thread) → check the memory budget → `backend.load` under a fresh
-slot → publish (one dict assignment, so a request sees the old or the new version, never a mix).
+Life of a version: check its structure (in a thread) → check the memory budget → `backend.load` under
+a fresh slot, while a thread checks the tensors' checksums and values → publish (one dict assignment,
+so a request sees the old or the new version, never a mix).
 A replaced or deleted version turns `draining`: requests already holding it finish on it, and its
 slot is unloaded when the last of them releases its lease. Every registry change happens on the
 event loop, so counters need no locks; per-name exclusivity is the `_busy` set.
@@ -133,13 +134,12 @@ class AdapterRegistry:
         return loaded
 
     async def _load_exclusive(self, name: str, set_dir: Path) -> ResidentVersion:
-        """Validate fully (in a thread), then load into the engine; the engine never reads a file that
-        has not passed validation. Nothing is published unless both succeed."""
+        """Validate and load into the engine; nothing is published unless both succeed."""
         started = time.perf_counter()
         description: SetDescription | None = None
         try:
-            description = await asyncio.to_thread(self._validator, set_dir)
-            slot, nbytes = await self._load_into_engine(name, set_dir, description.nbytes)
+            description = await asyncio.to_thread(self._validator.describe, set_dir)
+            slot, nbytes = await self._load_checked(name, set_dir, description.nbytes)
         except Exception as error:
             self._notify_failed(description, error)
             raise
@@ -167,6 +167,25 @@ class AdapterRegistry:
         if previous is not None:
             await self._retire(previous)
         return entry
+
+    async def _load_checked(self, name: str, set_dir: Path, needed: int) -> tuple[int, int]:
+        """(slot, bytes) of a set whose structure is checked, loaded into the engine while its tensor
+        contents are checked alongside (the engine never reads a file whose structure is unchecked).
+        A bad set is reported as such even when the engine refused it too; on any failure the engine
+        holds nothing of it."""
+        contents = asyncio.ensure_future(asyncio.to_thread(self._validator.check_contents, set_dir))
+        try:
+            slot, nbytes = await self._load_into_engine(name, set_dir, needed)
+        except Exception:
+            await asyncio.wait([contents])
+            contents.result()
+            raise
+        try:
+            await contents
+        except Exception:
+            await self._backend.unload(slot)
+            raise
+        return slot, nbytes
 
     async def _load_into_engine(self, name: str, set_dir: Path, needed: int) -> tuple[int, int]:
         """(slot, bytes) of the validated set loaded into the engine; on any failure the engine holds

@@ -1,4 +1,6 @@
-"""Full validation of an adapter-set directory against the served base model (adapters' loader)."""
+"""Validation of an adapter-set directory against the served base model (adapters' loader), in the
+two steps the registry runs: the structure before the engine may read the file, the contents while
+it does."""
 
 from __future__ import annotations
 
@@ -7,34 +9,35 @@ from pathlib import Path
 import torch
 
 from adapters.base_model import BaseModelInfo
-from adapters.format import load_adapter_set
+from adapters.format import check_structure, read_checked_tensors
 from router.heap import release_freed_memory
 from router.ports import SetDescription
 
 
 class AdapterSetValidator:
-    """Reads every tensor, checks names, shapes, dtypes, checksums, values and the base fingerprint.
+    """Checks names, shapes, dtypes and the base fingerprint (`describe`), then every tensor's checksum
+    and values (`check_contents`).
 
-    Raises the adapters' typed errors (`adapters.errors.AdapterError`, each with a stable `.code`).
+    Both raise the adapters' typed errors (`adapters.errors.AdapterError`, each with a stable `.code`).
     """
 
     def __init__(self, base: BaseModelInfo, serving_dtype: torch.dtype) -> None:
         self._base = base
         self._itemsize = serving_dtype.itemsize
 
-    def __call__(self, set_dir: Path) -> SetDescription:
+    def describe(self, set_dir: Path) -> SetDescription:
+        structure = check_structure(set_dir, self._base)
+        return SetDescription(
+            kind=structure.manifest.kind,  # type: ignore[arg-type]  # the manifest admits registered kinds only
+            tasks=structure.manifest.tasks,
+            input_routed=structure.manifest.method().input_routed(structure.config),
+            # The engine keeps the set in its own dtype: estimate the footprint at that width.
+            nbytes=structure.num_elements * self._itemsize,
+        )
+
+    def check_contents(self, set_dir: Path) -> None:
         try:
-            return self._describe(set_dir)
+            read_checked_tensors(check_structure(set_dir, self._base))
         finally:
             # The set's tensors were read only to check them; give their memory back now.
             release_freed_memory()
-
-    def _describe(self, set_dir: Path) -> SetDescription:
-        adapter_set = load_adapter_set(set_dir, self._base)
-        return SetDescription(
-            kind=adapter_set.kind,  # type: ignore[arg-type]  # the manifest admits registered kinds only
-            tasks=adapter_set.tasks,
-            input_routed=adapter_set.input_routed,
-            # The engine keeps the set in its own dtype: estimate the footprint at that width.
-            nbytes=sum(tensor.numel() for tensor in adapter_set.tensors.values()) * self._itemsize,
-        )

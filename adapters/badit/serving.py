@@ -75,7 +75,6 @@ class BaditBank:
         k, K, r = module.num_experts * module.expert_rank, module.num_experts, module.expert_rank
         top = contents.base_factors().top(k)
         shape = self.shape
-        self.clear(slot)
         self.W_in[slot, :, :k].copy_(shape.input_part(top.V, 0))
         self.W_in[slot, :, self.k_max : self.k_max + k].copy_(shape.input_part(module.A, 1).T)
         self.W_out[slot, :k].copy_(shape.output_part(top.U, 0).T)

@@ -44,7 +44,6 @@ class LoraBank:
     def write(self, slot: int, contents: SlotContents) -> int:
         module: LoraModule = contents.module
         r = module.A.shape[0]
-        self.clear(slot)
         self.A_t[slot, :, :r].copy_(self.shape.input_part(module.A, 1).T)
         self.B_t[slot, :r].copy_(self.shape.output_part(module.B, 0).to(torch.float32).T * module.scaling)
         return tensors_nbytes(self.shape.input_part(module.A, 1), self.shape.output_part(module.B, 0), dtype=self.A_t.dtype)

@@ -30,15 +30,16 @@ def rotate_explicit(x: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
 
 
 def compact_wy(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Ŷ, T̃) with M = H_1⋯H_h = I − Ŷᵀ T̃ Ŷ, T̃ upper-triangular (h×h)."""
+    """(Ŷ, T̃) with M = H_1⋯H_h = I − Ŷᵀ T̃ Ŷ, T̃ upper-triangular (h×h).
+
+    For unit vectors and H_i = I − 2 ŷ_i ŷ_iᵀ, T̃⁻¹ = ½ I + striu(Ŷ Ŷᵀ) (the compact WY form of
+    Schreiber and Van Loan, in the closed form of Joffrain et al.), so T̃ is one triangular solve.
+    """
     Y_hat = normalise_householder(Y)  # (h, in)
     h = Y_hat.shape[0]
-    T_tilde = torch.zeros(h, h, dtype=torch.float32, device=Y_hat.device)  # (h, h)
-    for j in range(h):
-        # (I − Wᵀ T W)(I − 2 v vᵀ) = I − [W; v]ᵀ [[T, −2 T W v], [0, 2]] [W; v]
-        T_tilde[:j, j] = -2.0 * T_tilde[:j, :j] @ (Y_hat[:j] @ Y_hat[j])  # (j,)
-        T_tilde[j, j] = 2.0
-    return Y_hat, T_tilde
+    eye = torch.eye(h, dtype=torch.float32, device=Y_hat.device)  # (h, h)
+    T_inverse = 0.5 * eye + torch.triu(Y_hat @ Y_hat.T, diagonal=1)  # (h, h)
+    return Y_hat, torch.linalg.solve_triangular(T_inverse, eye, upper=True)
 
 
 def rotation_correction(Y: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,6 @@ class MooreBank:
         Y_hat_t, P = rotation_correction(module.Y, contents.base_factors().V)  # (in, h), (h, d): whole input
         h, E = Y_hat_t.shape[1], module.G.shape[0]
         C = module.task_vectors()  # (n_tasks, d)
-        self.clear(slot)
         self.Y_hat[slot, :, :h].copy_(self.shape.input_part(Y_hat_t, 0))
         self.P[slot, :h].copy_(P)
         self.G_t[slot, :, :E].copy_(self.shape.input_part(module.G, 1).T)

@@ -92,9 +92,11 @@ class ProjectionBank(Protocol):
     replaces_base: bool  # True: the bank writes its rows' whole output; False: it adds a change
 
     def write(self, slot: int, contents: SlotContents) -> int:
-        """Fill `slot`; returns the bytes of the set's own weights written (padding excluded)."""
+        """Fill `slot`, which is clear (never written, or cleared since); returns the bytes of the set's
+        own weights written (padding excluded)."""
 
-    def clear(self, slot: int) -> None: ...
+    def clear(self, slot: int) -> None:
+        """Zero `slot` (its padding included) and give its memory back where the device allows."""
 
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         """Write (or add) the output columns of this projection for `rows` of `x`."""

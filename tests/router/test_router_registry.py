@@ -28,6 +28,10 @@ pytestmark = pytest.mark.anyio
 BASE = "tiny-base"
 
 
+class CorruptSet(Exception):
+    code = "checksum_mismatch"
+
+
 class InvalidSet(Exception):
     code = "tensor_shape_mismatch"
 
@@ -68,9 +72,13 @@ class Events:
 
 
 class Validator:
-    """Full validation fails for "broken" (its manifest alone looks fine, as a shape error would)."""
+    """The structure of "broken" is bad (as a shape error would be); "corrupt" has a good structure
+    and bad contents (as a checksum error would be)."""
 
-    def __call__(self, set_dir: Path) -> SetDescription:
+    def __init__(self) -> None:
+        self.contents_checked: list[str] = []
+
+    def describe(self, set_dir: Path) -> SetDescription:
         if set_dir.name == "broken":
             raise InvalidSet("layer 0 q_proj: expected (8, 128), found (8, 64)")
         if set_dir.name == "routed":
@@ -78,6 +86,11 @@ class Validator:
         if set_dir.name == "single":
             return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
         return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
+
+    def check_contents(self, set_dir: Path) -> None:
+        self.contents_checked.append(set_dir.name)
+        if set_dir.name == "corrupt":
+            raise CorruptSet("tensor layers.0.q_proj.A does not match its sha256")
 
 
 @pytest.fixture
@@ -87,7 +100,7 @@ def anyio_backend():
 
 @pytest.fixture
 def parts(tmp_path):
-    for name in ("mtl", "mtl2", "broken", "routed", "single"):
+    for name in ("mtl", "mtl2", "broken", "corrupt", "routed", "single"):
         (tmp_path / name).mkdir()
     backend, events = MemorySlots(), Events()
     registry = AdapterRegistry(backend, Validator(), BASE, roots=AdapterRoots([tmp_path]), observer=events)
@@ -189,6 +202,25 @@ async def test_failures_leave_no_state(parts):
     assert ("failed", "moore", "engine_error") in events.log
     loaded = await registry.load("mtl", "mtl")
     assert loaded.version == 1
+
+
+async def test_bad_contents_found_while_the_engine_loads_leave_no_state(parts):
+    _, backend, events, tmp_path = parts
+    validator = Validator()
+    registry = AdapterRegistry(backend, validator, BASE, roots=AdapterRoots([tmp_path]), observer=events)
+    backend.gate = asyncio.Event()
+    loading = asyncio.ensure_future(registry.load("bad", "corrupt"))
+    await asyncio.sleep(0.05)
+    assert validator.contents_checked == ["corrupt"]  # checked while the engine still loads
+    backend.gate.set()
+    with pytest.raises(CorruptSet):
+        await loading
+    assert registry.published() == [] and registry.resident() == [] and backend.slots == {}
+    assert ("failed", "moore", "checksum_mismatch") in events.log
+    backend.gate, backend.fail_next = None, True
+    with pytest.raises(CorruptSet):  # the set's own fault is reported before the engine's refusal
+        await registry.load("bad", "corrupt")
+    assert backend.slots == {}
 
 
 async def test_memory_budget(parts):
