@@ -59,6 +59,7 @@ class HostKindRows:
     segment_ends: np.ndarray  # (listed slots,) int32 cumulative segments per listed slot
     listed: np.ndarray | None  # the listed slots (int64) when only slots with rows are, None: every slot
     num_segments: int
+    only_slot: int | None  # the one slot with rows, when just one has any
 
 
 def build_host_rows(
@@ -117,6 +118,7 @@ def _grouped(
         segment_ends=np.cumsum(segments_per_slot).astype(np.int32),
         listed=listed,
         num_segments=int(segment_slot.size),
+        only_slot=int(bank_slot[0]) if bank_slot.size and (bank_slot == bank_slot[0]).all() else None,
     )
 
 
@@ -154,11 +156,11 @@ class StepBuffers:
         listed = views.get("listed")
         return KindRows(
             rows=views["rows"],
-            groups=Groups(views["ends"], listed),
+            groups=Groups(views["ends"], listed, host.only_slot),
             slot=views["bank_slot"],
             task_row=views["task_row"],
             segment=views["segment"],
-            segment_groups=Groups(views["segment_ends"], listed),
+            segment_groups=Groups(views["segment_ends"], listed, host.only_slot),
             num_rows=n,
             num_segments=host.num_segments,
             covers_batch=_covers(host.rows, num_tokens),
@@ -187,11 +189,11 @@ def device_rows(host: HostKindRows, num_tokens: int, device: torch.device) -> Ki
     listed = None if host.listed is None else tensor(host.listed)
     return KindRows(
         rows=tensor(host.rows),
-        groups=Groups(tensor(host.ends), listed),
+        groups=Groups(tensor(host.ends), listed, host.only_slot),
         slot=tensor(host.bank_slot),
         task_row=tensor(host.task_row),
         segment=tensor(host.segment),
-        segment_groups=Groups(tensor(host.segment_ends), listed),
+        segment_groups=Groups(tensor(host.segment_ends), listed, host.only_slot),
         num_rows=n,
         num_segments=host.num_segments,
         covers_batch=_covers(host.rows, num_tokens),

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from adapters.moore.config import MooreConfig
 from adapters.moore.loader import MooreModule
-from adapters.moore.math import rotation_correction
+from adapters.moore.math import compact_wy
 from adapters.serving.bank import (
     KindRows,
     MethodCapacity,
@@ -73,7 +73,9 @@ class MooreBank:
 
     def write(self, slot: int, contents: SlotContents) -> int:
         module: MooreModule = contents.module
-        Y_hat_t, P = rotation_correction(module.Y, contents.base_factors().V)  # (in, h), (h, d): whole input
+        Y_hat, T_tilde = compact_wy(module.Y)  # (h, in), (h, h): whole input
+        P = T_tilde @ self._times_V(Y_hat, contents).to(torch.float32)  # (h, d): x M V = x V − (x Ŷᵀ) P
+        Y_hat_t = Y_hat.T  # (in, h)
         h, E = Y_hat_t.shape[1], module.G.shape[0]
         C = module.task_vectors()  # (n_tasks, d)
         self.Y_hat[slot, :, :h].copy_(self.shape.input_part(Y_hat_t, 0))
@@ -84,6 +86,13 @@ class MooreBank:
         part = self.shape
         return tensors_nbytes(part.input_part(Y_hat_t, 0), P, part.input_part(module.G, 1), module.G_up, C, dtype=self.G_t.dtype)
 
+    def _times_V(self, Y_hat: torch.Tensor, contents: SlotContents) -> torch.Tensor:  # noqa: N802
+        """Ŷ V, through the held product when this rank holds V whole (no row-parallel split), which
+        spares reading V from the factor file at every load."""
+        if self.shape.reduce is None:
+            return self.shared.current().project_in(Y_hat.to(self.P.dtype))
+        return Y_hat @ contents.base_factors().V.to(torch.float32)
+
     def clear(self, slot: int) -> None:
         for weights in (self.Y_hat, self.P, self.G_t, self.G_up_t):
             zero_and_release(weights[slot])
@@ -91,14 +100,13 @@ class MooreBank:
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         factors = self.shared.current()
         xc = rows.take(x).to(self.G_t.dtype)  # (n, in)
-        # Everything that reads the input, in one tensor: summed over ranks once on row-parallel layers.
-        z, xY, xG = self.shape.summed(
-            torch.cat([factors.project_in(xc), grouped_matmul(xc, self.Y_hat, rows.groups), grouped_matmul(xc, self.G_t, rows.groups)], 1)
-        ).split([self.P.shape[2], self.P.shape[1], self.G_t.shape[2]], dim=1)  # (n, d), (n, h), (n, E)
-        z = z - grouped_matmul(xY.contiguous(), self.P, rows.groups)  # rank-h rotation
-        router = grouped_matmul(xG.contiguous(), self.G_up_t, rows.groups)  # (n, d)
-        gate = torch.relu(router + self.C.index_select(0, rows.task_row) + factors.S)  # (n, d)
-        scatter_set(columns, rows, factors.project_out(z * gate))  # (n, out)
+        z, xY, xG = self.shape.summed_together(
+            [factors.project_in(xc), grouped_matmul(xc, self.Y_hat, rows.groups), grouped_matmul(xc, self.G_t, rows.groups)]
+        )  # (n, d), (n, h), (n, E)
+        z.sub_(grouped_matmul(xY, self.P, rows.groups))  # rank-h rotation
+        gate = grouped_matmul(xG, self.G_up_t, rows.groups)  # (n, d): the router
+        gate.add_(self.C.index_select(0, rows.task_row)).add_(factors.S).relu_()
+        scatter_set(columns, rows, factors.project_out(z.mul_(gate)))
 
     @property
     def nbytes(self) -> int:

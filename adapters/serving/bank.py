@@ -59,6 +59,13 @@ class ProjectionShape:
         """A product with this rank's input part, summed over ranks (row-parallel layers)."""
         return partial if self.reduce is None else self.reduce(partial)
 
+    def summed_together(self, partials: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Products with this rank's input part (n, ·), each summed over ranks, in one reduction."""
+        if self.reduce is None:
+            return partials
+        summed = self.reduce(torch.cat(partials, 1))
+        return [part.contiguous() for part in summed.split([p.shape[1] for p in partials], dim=1)]
+
 
 @dataclass(frozen=True)
 class KindRows:

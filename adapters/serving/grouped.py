@@ -13,10 +13,12 @@ _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 class Groups:
     """How rows sorted by slot split into groups: `ends` (g,) int32 cumulative row counts of the listed
     slots, which are every slot in order (`slots` None) or only `slots` (g,) int64, when few of many
-    slots have rows: then only their weights are gathered, and empty slots cost nothing."""
+    slots have rows: then only their weights are gathered, and empty slots cost nothing. `only_slot`
+    (known on the host) is the one slot that has rows, when just one does."""
 
     ends: torch.Tensor
     slots: torch.Tensor | None = None
+    only_slot: int | None = None
 
 
 def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, groups: Groups) -> torch.Tensor:
@@ -24,6 +26,8 @@ def grouped_matmul(x: torch.Tensor, weights: torch.Tensor, groups: Groups) -> to
 
     x (n, a), weights (slots, a, b) → (n, b).
     """
+    if groups.only_slot is not None:
+        return x @ weights[groups.only_slot]  # one plain product on the slot's own weights, nothing gathered
     if groups.slots is not None:
         weights = weights.index_select(0, groups.slots)  # (listed slots, a, b)
     if _HAS_GROUPED_MM and _grouped_mm_supports(x, weights):

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from adapters.base_model import BaseModelInfo
 from adapters.format import read_manifest
+from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
@@ -36,11 +37,24 @@ def model_context_length(model_dir: Path) -> int:
     return int(config["max_position_embeddings"])
 
 
-def load_slot_args(base: BaseModelInfo, svd_cache_dir: Path, slot: int, set_dir: Path) -> tuple[int, str, str | None]:
+class FactorsFolder:
+    """The verified SVD factor folder of the base model, computed on first need and checked again only
+    if it disappears (every load of a MoORE or BADIT set passes it to the workers)."""
+
+    def __init__(self, base: BaseModelInfo, svd_cache_dir: Path) -> None:
+        self._base = base
+        self._svd_cache_dir = svd_cache_dir
+        self._verified: Path | None = None
+
+    def path(self) -> Path:
+        if self._verified is None or not self._verified.is_dir():
+            self._verified = ensure_base_factors(self._base, self._svd_cache_dir)
+        return self._verified
+
+
+def load_slot_args(factors: FactorsFolder, slot: int, set_dir: Path, manifest: Manifest) -> tuple[int, str, str | None]:
     """Arguments of the workers' `orthoserve_load_slot`; computes the base factors first if the set needs them."""
-    factors_dir = None
-    if read_manifest(set_dir).method().needs_factors:
-        factors_dir = str(ensure_base_factors(base, svd_cache_dir))
+    factors_dir = str(factors.path()) if manifest.method().needs_factors else None
     return slot, str(set_dir), factors_dir
 
 
@@ -51,8 +65,7 @@ class RpcEngine(Protocol):
 class AdapterEngineBackend:
     def __init__(self, engine: RpcEngine, base: BaseModelInfo, svd_cache_dir: Path, capacity: AdapterCapacity) -> None:
         self._engine = engine
-        self._base = base
-        self._svd_cache_dir = svd_cache_dir
+        self._factors = FactorsFolder(base, svd_cache_dir)
         self._capacity = capacity
         self._kinds: dict[int, str] = {}  # kind of every slot loaded or loading
 
@@ -61,7 +74,7 @@ class AdapterEngineBackend:
         self._capacity.check_fits(manifest, sum(kind == manifest.kind for kind in self._kinds.values()))
         self._kinds[slot] = manifest.kind
         try:
-            args = await asyncio.to_thread(load_slot_args, self._base, self._svd_cache_dir, slot, set_dir)
+            args = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, manifest)
             per_rank = await self._engine.collective_rpc("orthoserve_load_slot", args=args)
             failures = [result["error"] for result in per_rank if "error" in result]
             if failures:

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.base_model import describe_base_model
+from adapters.format import read_manifest
 from adapters.registry import registered_methods
 from router.target import BASE_TARGET, RouteTarget
 from server.engine import vllm_compat as vc
-from server.engine.adapter_backend import load_slot_args, request_routing
+from server.engine.adapter_backend import FactorsFolder, load_slot_args, request_routing
 from server.engine.capacity import AdapterCapacity
 from server.settings import export_environment
 
@@ -56,7 +57,7 @@ class OfflineEngine:
             export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size * pipeline_parallel_size))
         self.base = describe_base_model(model_dir)
         capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
-        self._svd_cache_dir = svd_cache_dir
+        self._factors = FactorsFolder(self.base, svd_cache_dir)
         stock_lora = (
             {"enable_lora": True, "max_lora_rank": stock_lora_rank, "max_loras": max_stock_loras}
             if stock_lora_rank
@@ -77,7 +78,7 @@ class OfflineEngine:
 
     def load(self, slot: int, set_dir: Path) -> int:
         """Bytes the set takes on the most loaded rank."""
-        args = load_slot_args(self.base, self._svd_cache_dir, slot, set_dir)
+        args = load_slot_args(self._factors, slot, set_dir, read_manifest(set_dir))
         per_rank = self.llm.collective_rpc("orthoserve_load_slot", args=args)
         failures = [result["error"] for result in per_rank if "error" in result]
         if failures:
