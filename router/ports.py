@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,15 +32,18 @@ class SetDescription:
     nbytes: int  # bytes of the set's tensors, an estimate of its engine footprint before loading
 
 
+@dataclass(frozen=True)
+class SetInspection:
+    """A set whose structure is checked: what it is, and the check of its tensor bytes still to run."""
+
+    description: SetDescription
+    check_contents: Callable[[], None]  # blocking: checksums and values; run while the engine loads the set
+
+
 class SetValidator(Protocol):
-    """Both steps block and raise a typed error with a stable `.code` if the set is bad."""
-
-    def describe(self, set_dir: Path) -> SetDescription:
-        """Check everything but the tensor bytes (cheap); after it the engine may read the file."""
-        ...
-
-    def check_contents(self, set_dir: Path) -> None:
-        """Check every tensor's bytes (checksums, values); slow, run while the engine loads the set."""
+    def inspect(self, set_dir: Path) -> SetInspection:
+        """Check everything but the tensor bytes (blocking, cheap); after it the engine may read the
+        file. Raises a typed error with a stable `.code` if the set is bad, as `check_contents` does."""
         ...
 
 

@@ -25,7 +25,7 @@ from router.errors import (
     TaskTagInvalid,
 )
 from router.paths import AdapterRoots
-from router.ports import AdapterSlotBackend, RegistryObserver, SetDescription, SetValidator
+from router.ports import AdapterSlotBackend, RegistryObserver, SetDescription, SetInspection, SetValidator
 from router.resident import Lease, ResidentVersion
 from router.tags import check_set_name, choose_task, parse_tag
 from router.target import BASE_TARGET
@@ -138,8 +138,9 @@ class AdapterRegistry:
         started = time.perf_counter()
         description: SetDescription | None = None
         try:
-            description = await asyncio.to_thread(self._validator.describe, set_dir)
-            slot, nbytes = await self._load_checked(name, set_dir, description.nbytes)
+            inspection = await asyncio.to_thread(self._validator.inspect, set_dir)
+            description = inspection.description
+            slot, nbytes = await self._load_checked(name, set_dir, inspection)
         except Exception as error:
             self._notify_failed(description, error)
             raise
@@ -168,14 +169,14 @@ class AdapterRegistry:
             await self._retire(previous)
         return entry
 
-    async def _load_checked(self, name: str, set_dir: Path, needed: int) -> tuple[int, int]:
+    async def _load_checked(self, name: str, set_dir: Path, inspection: SetInspection) -> tuple[int, int]:
         """(slot, bytes) of a set whose structure is checked, loaded into the engine while its tensor
         contents are checked alongside (the engine never reads a file whose structure is unchecked).
         A bad set is reported as such even when the engine refused it too; on any failure the engine
         holds nothing of it."""
-        contents = asyncio.ensure_future(asyncio.to_thread(self._validator.check_contents, set_dir))
+        contents = asyncio.ensure_future(asyncio.to_thread(inspection.check_contents))
         try:
-            slot, nbytes = await self._load_into_engine(name, set_dir, needed)
+            slot, nbytes = await self._load_into_engine(name, set_dir, inspection.description.nbytes)
         except Exception:
             await asyncio.wait([contents])
             contents.result()

@@ -20,7 +20,7 @@ from router.errors import (
     TaskTagInvalid,
 )
 from router.paths import AdapterRoots
-from router.ports import SetDescription
+from router.ports import SetDescription, SetInspection
 from router.registry import AdapterRegistry
 
 pytestmark = pytest.mark.anyio
@@ -78,16 +78,18 @@ class Validator:
     def __init__(self) -> None:
         self.contents_checked: list[str] = []
 
-    def describe(self, set_dir: Path) -> SetDescription:
+    def inspect(self, set_dir: Path) -> SetInspection:
         if set_dir.name == "broken":
             raise InvalidSet("layer 0 q_proj: expected (8, 128), found (8, 64)")
         if set_dir.name == "routed":
-            return SetDescription(kind="badit", tasks=("summarise", "classify"), input_routed=True, nbytes=900)
-        if set_dir.name == "single":
-            return SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
-        return SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
+            description = SetDescription(kind="badit", tasks=("summarise", "classify"), input_routed=True, nbytes=900)
+        elif set_dir.name == "single":
+            description = SetDescription(kind="lora", tasks=("chat",), input_routed=False, nbytes=900)
+        else:
+            description = SetDescription(kind="moore", tasks=("boolq", "piqa"), input_routed=False, nbytes=900)
+        return SetInspection(description, lambda: self._check_contents(set_dir))
 
-    def check_contents(self, set_dir: Path) -> None:
+    def _check_contents(self, set_dir: Path) -> None:
         self.contents_checked.append(set_dir.name)
         if set_dir.name == "corrupt":
             raise CorruptSet("tensor layers.0.q_proj.A does not match its sha256")
