@@ -122,6 +122,19 @@ def _grouped(
     )
 
 
+def to_device(values: np.ndarray, out: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Host routing `values` on the device: copied into `out` (a persistent buffer) or a new tensor on
+    `device`. From pinned memory and non-blocking on CUDA (the caching host allocator keeps the pinned
+    block until the copy has run), so the host never waits for the device."""
+    host = torch.from_numpy(values)
+    target = out.device if out is not None else device
+    if target.type == "cuda":
+        host = host.pin_memory()
+    if out is None:
+        return host.to(target, non_blocking=True)
+    return out.copy_(host, non_blocking=True)
+
+
 class StepBuffers:
     """Persistent device tensors the routing of every step is copied into, in place."""
 
@@ -149,22 +162,23 @@ class StepBuffers:
             values = getattr(host, name)
             if values is None:
                 continue
-            view = buffer[: values.shape[0]]
-            view.copy_(torch.from_numpy(values), non_blocking=True)
-            views[name] = view
-        n = host.rows.shape[0]
-        listed = views.get("listed")
-        return KindRows(
-            rows=views["rows"],
-            groups=Groups(views["ends"], listed, host.only_slot),
-            slot=views["bank_slot"],
-            task_row=views["task_row"],
-            segment=views["segment"],
-            segment_groups=Groups(views["segment_ends"], listed, host.only_slot),
-            num_rows=n,
-            num_segments=host.num_segments,
-            covers_batch=_covers(host.rows, num_tokens),
-        )
+            views[name] = to_device(values, buffer[: values.shape[0]])
+        return _kind_rows_on_device(host, num_tokens, views)
+
+
+def _kind_rows_on_device(host: HostKindRows, num_tokens: int, views: Mapping[str, torch.Tensor]) -> KindRows:
+    listed = views.get("listed")
+    return KindRows(
+        rows=views["rows"],
+        groups=Groups(views["ends"], host.ends, listed, host.only_slot),
+        slot=views["bank_slot"],
+        task_row=views["task_row"],
+        segment=views["segment"],
+        segment_groups=Groups(views["segment_ends"], host.segment_ends, listed, host.only_slot),
+        num_rows=host.rows.shape[0],
+        num_segments=host.num_segments,
+        covers_batch=_covers(host.rows, num_tokens),
+    )
 
 
 def restrict(host: HostKindRows, keep: np.ndarray, num_slots: int) -> HostKindRows:
@@ -182,22 +196,9 @@ def restrict(host: HostKindRows, keep: np.ndarray, num_slots: int) -> HostKindRo
 
 
 def device_rows(host: HostKindRows, num_tokens: int, device: torch.device) -> KindRows:
-    def tensor(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(values).to(device, non_blocking=True)
-
-    n = host.rows.shape[0]
-    listed = None if host.listed is None else tensor(host.listed)
-    return KindRows(
-        rows=tensor(host.rows),
-        groups=Groups(tensor(host.ends), listed, host.only_slot),
-        slot=tensor(host.bank_slot),
-        task_row=tensor(host.task_row),
-        segment=tensor(host.segment),
-        segment_groups=Groups(tensor(host.segment_ends), listed, host.only_slot),
-        num_rows=n,
-        num_segments=host.num_segments,
-        covers_batch=_covers(host.rows, num_tokens),
-    )
+    names = ("rows", "bank_slot", "task_row", "segment", "ends", "segment_ends", "listed")
+    views = {name: to_device(getattr(host, name), device=device) for name in names if getattr(host, name) is not None}
+    return _kind_rows_on_device(host, num_tokens, views)
 
 
 def _covers(rows: np.ndarray, num_tokens: int) -> bool:
@@ -246,5 +247,5 @@ class StepRouting:
             for kind, mask in present.items():
                 host = self.host[kind]
                 keep[host.rows[mask[host.bank_slot]]] = False
-            self._base_rows[key] = None if keep.all() else torch.from_numpy(np.flatnonzero(keep)).to(self.device)
+            self._base_rows[key] = None if keep.all() else to_device(np.flatnonzero(keep), device=self.device)
         return self._base_rows[key]

@@ -21,7 +21,6 @@ from server.api import admin, health, metrics, models, openai
 from server.body_limit import BodyLimitMiddleware
 from server.deadlines import DeadlineMiddleware
 from server.engine.adapter_backend import AdapterEngineBackend
-from server.engine.capacity import adapter_dtype
 from server.engine.service import EngineService
 from server.engine_watch import EngineGateMiddleware, EngineWatch, stop_by_signal
 from server.errors import EngineUnavailable, install_error_handlers
@@ -128,7 +127,7 @@ async def _start_registry(settings: Settings, engine: EngineService, observer: R
     base = await asyncio.to_thread(describe_base_model, engine.model_dir)
     registry = AdapterRegistry(
         AdapterEngineBackend(engine.engine, base, settings.svd_cache_dir, engine.capacity),
-        AdapterSetValidator(base, adapter_dtype(engine.engine.model_config.dtype)),
+        AdapterSetValidator(base, engine.capacity.adapter_dtype(engine.engine.model_config.dtype)),
         engine.served_model_name,
         roots=AdapterRoots(settings.adapter_roots),
         memory_budget=settings.adapter_memory_budget,

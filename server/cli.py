@@ -74,6 +74,7 @@ def serve(
     adapter_roots: Annotated[list[Path] | None, typer.Option("--adapter-root", help=_help("adapter_roots"))] = None,
     adapter_memory_budget: Annotated[int | None, typer.Option(help=_help("adapter_memory_budget"))] = None,
     enforce_eager: Annotated[bool | None, typer.Option("--enforce-eager/--no-enforce-eager", help=_help("enforce_eager"))] = None,
+    adapter_dtype: Annotated[str | None, typer.Option(help=_help("adapter_dtype"))] = None,
     adapter_kinds: Annotated[list[str] | None, typer.Option("--adapter-kind", help=_help("adapter_kinds"))] = None,
     max_adapter_sets: Annotated[int | None, typer.Option(help=_help("max_adapter_sets"))] = None,
     max_moore_sets: Annotated[int | None, typer.Option(help=_help("max_moore_sets"))] = None,

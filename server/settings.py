@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.registry import registered_methods
+from adapters.serving.bank import BankDtype
 from server.metrics import DEFAULT_LATENCY_BUCKETS, DEFAULT_MAX_TASKS, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -113,6 +114,11 @@ class Settings(BaseSettings):
     enforce_eager: bool = Field(
         default=True,
         description="Run the model eagerly; false lets vLLM compile it (torch.compile), which starts slower.",
+    )
+    adapter_dtype: BankDtype = Field(
+        default="auto",
+        description="Dtype of adapter weights and products: auto (the model's dtype where the hardware multiplies it "
+        "natively: GPUs, CPUs with bf16/fp16 matmul units; fp32 elsewhere), float32, or model (always the model's).",
     )
     adapter_kinds: list[str] = Field(
         default_factory=lambda: ["moore", "badit", "lora"],

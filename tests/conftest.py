@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_process import TINY_MODEL_NAME, RunningServer, start_server  # noqa: E402
 from tiny_model import build_tiny_llama  # noqa: E402
 
-# Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`).
-pytest_plugins = ("tests.router.server_setup",)
+# Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`), and
+# the session's adapter sets of every kind.
+pytest_plugins = ("tests.router.server_setup", "tests.adapter_fixtures")
 
 
 @pytest.fixture(scope="session")

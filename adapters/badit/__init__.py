@@ -18,7 +18,7 @@ register_method(
         needs_factors=True,
         serving=MethodServing(
             capacity_cls=serving.BaditCapacity,
-            make_bank=lambda capacity, shape, device, dtype, shared: serving.BaditBank(capacity, shape, device, dtype),
+            make_bank=lambda capacity, shape, placement, shared: serving.BaditBank(capacity, shape, placement),
             capacity_limits=serving.capacity_limits,
             task_rows_needed=serving.task_rows_needed,
             whole_prompt_prefill=True,

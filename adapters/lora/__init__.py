@@ -18,7 +18,7 @@ register_method(
         needs_factors=False,
         serving=MethodServing(
             capacity_cls=serving.LoraCapacity,
-            make_bank=lambda capacity, shape, device, dtype, shared: serving.LoraBank(capacity, shape, device, dtype),
+            make_bank=lambda capacity, shape, placement, shared: serving.LoraBank(capacity, shape, placement),
             capacity_limits=serving.capacity_limits,
         ),
         default_targets=("q_proj", "v_proj"),

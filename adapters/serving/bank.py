@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.serving.grouped import Groups
+from adapters.serving.grouped import GroupedWeights, Groups, SegmentedKernel, default_kernel
 from adapters.serving.pages import zero_and_release
 
 
@@ -112,18 +112,70 @@ class ProjectionBank(Protocol):
     def nbytes(self) -> int: ...
 
 
-def compute_dtype(device: torch.device, model_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of adapter weights and their products. CPUs without half-precision matmul units run small
-    bf16/fp16 products tens of times slower than fp32, so CPU banks are fp32; accelerators keep the model's."""
-    return torch.float32 if device.type == "cpu" else model_dtype
+BankDtype = Literal["auto", "float32", "model"]
+"""How an engine picks its banks' dtype: by the hardware (auto), always fp32, or always the model's."""
 
 
-def stacked(slots: int, *shape: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Zeroed weights for every slot. On the CPU their pages are given back until a set writes a slot,
-    so capacity costs address space, not resident memory."""
-    weights = torch.empty(slots, *shape, device=device, dtype=dtype)
-    zero_and_release(weights)
-    return weights
+def compute_dtype(device: torch.device, model_dtype: torch.dtype, policy: BankDtype = "auto") -> torch.dtype:
+    """Dtype of adapter weights and their products. `auto`: the model's dtype wherever the hardware
+    multiplies it fast (accelerators; CPUs whose oneDNN has native bf16/fp16 matmul support, such as
+    AVX512-BF16 or AMX), fp32 elsewhere: CPUs without such units run small half-precision products
+    tens of times slower than fp32."""
+    if policy == "float32" or model_dtype == torch.float32:
+        return torch.float32
+    if policy == "model" or device.type != "cpu":
+        return model_dtype
+    return model_dtype if cpu_multiplies_fast(model_dtype) else torch.float32
+
+
+def cpu_multiplies_fast(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN runs `dtype` matmuls natively (PyTorch's own capability check)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return dtype == torch.float32
+
+
+def cpu_capability() -> str:
+    """What this CPU offers for adapter products, as PyTorch reports it (for benchmarks and logs)."""
+    return (
+        f"{torch.backends.cpu.get_cpu_capability()}, "
+        f"bf16 matmul {'native' if cpu_multiplies_fast(torch.bfloat16) else 'emulated'}, "
+        f"fp16 matmul {'native' if cpu_multiplies_fast(torch.float16) else 'emulated'}"
+    )
+
+
+@dataclass(frozen=True)
+class BankPlacement:
+    """Where a bank keeps its weights: the device, the dtype, and the segmented-product kernel that
+    reads them. Everything a bank holds is allocated here, and everything written into it is moved
+    here first (`put`), so host tensors never meet device ones."""
+
+    device: torch.device
+    dtype: torch.dtype
+    kernel: SegmentedKernel
+
+    @classmethod
+    def default(cls, device: torch.device, dtype: torch.dtype) -> BankPlacement:
+        return cls(device, dtype, default_kernel(device, dtype))
+
+    def grouped(self, slots: int, a: int, b: int) -> GroupedWeights:
+        """Zeroed `W[s] (a × b)` for every slot, run by this placement's kernel."""
+        return GroupedWeights(slots, a, b, device=self.device, dtype=self.dtype, kernel=self.kernel)
+
+    def zeros(self, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Zeroed weights (per slot or per task row). On the CPU their pages are given back until
+        written, so capacity costs address space, not resident memory."""
+        weights = torch.empty(*shape, device=self.device, dtype=dtype or self.dtype)
+        zero_and_release(weights)
+        return weights
+
+    def put(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`t` on this device, in `dtype` (default: the bank's)."""
+        return t.to(self.device, dtype or self.dtype)
 
 
 def aligned(size: int) -> int:
@@ -160,7 +212,7 @@ class MethodServing:
     """How a method runs inside the engine; registered with the method's `MethodSpec`."""
 
     capacity_cls: type[MethodCapacity]
-    # (capacity, shape, device, compute dtype, shared factors of the projection) -> bank
+    # (capacity, shape, placement, shared factors of the projection) -> bank
     make_bank: Callable[..., ProjectionBank]
     # (capacity, config, n_tasks) -> [(limit name, needed, capacity)]
     capacity_limits: Callable[..., list[tuple[str, int, int]]]

@@ -91,6 +91,9 @@ class AdaptedLinear(nn.Module):
         }
 
 
+ADAPTED_LINEAR_OP = "orthoserve::adapted_linear"
+"""The custom op every adapted layer's forward is; engines keep it out of captured graphs."""
+
 # Layers by id, for the custom op: compiled graphs carry only the id, the op finds the layer here.
 _LAYERS: dict[int, AdaptedLinear] = {}
 
@@ -101,7 +104,7 @@ def _register(layer: AdaptedLinear) -> int:
     return layer_id
 
 
-@torch.library.custom_op("orthoserve::adapted_linear", mutates_args=())
+@torch.library.custom_op(ADAPTED_LINEAR_OP, mutates_args=())
 def adapted_linear(x: torch.Tensor, layer_id: int) -> torch.Tensor:
     return _LAYERS[layer_id].compute(x)
 

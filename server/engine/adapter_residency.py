@@ -14,8 +14,17 @@ import torch
 
 from adapters.format import AdapterSet, read_validated_set
 from adapters.registry import get_method
-from adapters.serving.bank import MethodCapacity, ProjectionBank, ProjectionShape, SlotContents, compute_dtype
+from adapters.serving.bank import (
+    BankDtype,
+    BankPlacement,
+    MethodCapacity,
+    ProjectionBank,
+    ProjectionShape,
+    SlotContents,
+    compute_dtype,
+)
 from adapters.serving.factors import ProductFactory, SharedFactors
+from adapters.serving.grouped import SegmentedKernel, default_kernel
 from adapters.svd_cache import BaseFactors
 from router.heap import release_freed_memory
 from router.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
@@ -54,13 +63,17 @@ class WorkerAdapters:
         product: ProductFactory,
         base_forward: Callable,
         pack_output: Callable,
+        bank_dtype: BankDtype = "auto",
+        kernel_for: Callable[[torch.device, torch.dtype], SegmentedKernel] = default_kernel,
     ) -> None:
         """`linears`: (layer index, base layer, its projections, this rank's part of each, a function that
-        puts the adapted layer in the base layer's place)."""
+        puts the adapted layer in the base layer's place). `kernel_for(device, dtype)` picks the
+        segmented-product kernel of every bank."""
         self.capacities = dict(capacities)
         self.slots_per_kind = {kind: capacity.max_sets for kind, capacity in self.capacities.items()}
         self.device = device
-        dtype = compute_dtype(device, model_dtype)
+        dtype = compute_dtype(device, model_dtype, bank_dtype)
+        self.placement = BankPlacement(device, dtype, kernel_for(device, dtype))
         self.shared: dict[tuple[int, str], SharedFactors] = {}
         self.layers: dict[tuple[int, str], AdaptedLinear] = {}  # (layer, projection) → layer holding it
         self.shapes: dict[tuple[int, str], ProjectionShape] = {}  # (layer, projection) → this rank's part
@@ -71,7 +84,7 @@ class WorkerAdapters:
                 banks[kind] = {}
                 for p in projections:
                     shared = self.shared.setdefault((layer_index, p.name), SharedFactors(dtype, device, product))
-                    banks[kind][p.name] = serving.make_bank(capacity, shapes[p.name], device, dtype, shared)
+                    banks[kind][p.name] = serving.make_bank(capacity, shapes[p.name], self.placement, shared)
             adapted = AdaptedLinear(
                 base_layer, layer_index, projections, banks, self.slots_per_kind, lambda: self.routing, base_forward, pack_output
             )

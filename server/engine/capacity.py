@@ -8,27 +8,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.manifest import Manifest
-from adapters.registry import get_method
 import torch
 
-from adapters.serving.bank import MethodCapacity, compute_dtype
+from adapters.manifest import Manifest
+from adapters.registry import get_method
+from adapters.serving.bank import BankDtype, MethodCapacity, compute_dtype
 from router.errors import AdapterCapacityExceeded
 from server.engine import vllm_compat as vc
+from server.engine.adapted_linear import ADAPTED_LINEAR_OP
 from server.settings import Settings
 
 WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
 CAPACITY_KEY = "orthoserve"
+BANK_DTYPE_KEY = "orthoserve_bank_dtype"
 _MIN_BATCHED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
 class AdapterCapacity:
     methods: Mapping[str, MethodCapacity]  # kind → capacity; no entry: the engine serves no such sets
+    bank_dtype: BankDtype = "auto"
 
     @classmethod
-    def build(cls, fields: Mapping[str, Mapping[str, Any]]) -> AdapterCapacity:
-        return cls({kind: get_method(kind).serving.capacity_cls(**values) for kind, values in fields.items()})
+    def build(cls, fields: Mapping[str, Mapping[str, Any]], bank_dtype: BankDtype = "auto") -> AdapterCapacity:
+        return cls({kind: get_method(kind).serving.capacity_cls(**values) for kind, values in fields.items()}, bank_dtype)
 
     @property
     def enabled(self) -> bool:
@@ -36,12 +39,18 @@ class AdapterCapacity:
 
     def engine_options(self, max_model_len: int) -> dict[str, Any]:
         """Engine arguments for this capacity: none without adapters (the stock engine); otherwise the
-        capacity for the workers and, with BADIT capacity, whole-prompt prefill."""
+        capacity for the workers, a compilation that never captures the adapter op in a graph (it
+        reads each step's routing on the host, which a replayed CUDA graph would not), and, with
+        BADIT capacity, whole-prompt prefill."""
         if not self.enabled:
             return {}
         options: dict[str, Any] = {
             "worker_extension_cls": WORKER_EXTENSION,
-            "additional_config": {CAPACITY_KEY: {kind: c.model_dump() for kind, c in self.methods.items()}},
+            "additional_config": {
+                CAPACITY_KEY: {kind: c.model_dump() for kind, c in self.methods.items()},
+                BANK_DTYPE_KEY: self.bank_dtype,
+            },
+            "compilation_config": vc.compilation_outside_graphs([ADAPTED_LINEAR_OP]),
         }
         if any(get_method(kind).serving.whole_prompt_prefill for kind in self.methods):
             options["enable_chunked_prefill"] = False
@@ -65,16 +74,16 @@ class AdapterCapacity:
                 raise AdapterCapacityExceeded(f"The {kind} set needs {limit} = {needed}; this server allows {allowed}.")
 
 
-def adapter_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    """Dtype the engine keeps adapter weights in (what a set's footprint is estimated at)."""
-    return compute_dtype(torch.device("cpu" if vc.is_cpu_platform() else "cuda"), model_dtype)
+    def adapter_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
+        """Dtype the engine keeps adapter weights in (what a set's footprint is estimated at)."""
+        return compute_dtype(torch.device("cpu" if vc.is_cpu_platform() else "cuda"), model_dtype, self.bank_dtype)
 
 
 def capacity_from_settings(settings: Settings) -> AdapterCapacity:
     """Capacity for the methods in `adapter_kinds`, when the server can load sets at all (an admin
     API or start-up sets); otherwise none, and the engine is the stock model."""
     if not (settings.admin_token or settings.adapter_sets):
-        return AdapterCapacity({})
+        return AdapterCapacity({}, settings.adapter_dtype)
     fields = {}
     for kind in settings.adapter_kinds:
         given = {}
@@ -86,4 +95,4 @@ def capacity_from_settings(settings: Settings) -> AdapterCapacity:
             if value is not None:
                 given[name] = value
         fields[kind] = given
-    return AdapterCapacity.build(fields)
+    return AdapterCapacity.build(fields, settings.adapter_dtype)

@@ -92,6 +92,10 @@ class OfflineEngine:
     def resident_bytes(self) -> dict[str, int]:
         return self.llm.collective_rpc("orthoserve_resident_bytes")[0]
 
+    def compilation(self) -> dict[str, object]:
+        """How vLLM compiled the first worker's model (see `vllm_internals.runner_compilation`)."""
+        return self.llm.collective_rpc("orthoserve_compilation")[0]
+
     def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
         prompts, params = [], []
         for request in requests:

@@ -10,6 +10,7 @@ import os
 
 import vllm
 from vllm import LLM
+from vllm.config import CompilationConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError, VLLMError, VLLMValidationError
 from vllm.inputs import TokensPrompt
@@ -44,6 +45,7 @@ __all__ = [
     "VLLMError",
     "VLLMValidationError",
     "check_pinned_version",
+    "compilation_outside_graphs",
     "cpu_core_binding",
     "cpu_worker_thread_env",
     "is_cpu_platform",
@@ -56,6 +58,18 @@ def check_pinned_version() -> None:
         raise RuntimeError(
             f"orthoserve needs vLLM {PINNED_VLLM_VERSION} (it uses internal interfaces); found {vllm.__version__}"
         )
+
+
+# vLLM's own splitting ops when none are given (attention, and the KV-cache update it splits out).
+_VLLM_SPLITTING_OPS = (*CompilationConfig._attention_ops, "vllm::unified_kv_cache_update", "vllm::unified_mla_kv_cache_update")
+
+
+def compilation_outside_graphs(ops: list[str]) -> dict[str, object]:
+    """vLLM compilation settings under which `ops` never run inside a captured CUDA graph: piecewise
+    graphs only (a full graph would capture every op), split at `ops` as well as at vLLM's own
+    splitting ops, so each call of `ops` runs eagerly between the captured pieces. CPU engines capture
+    no graphs; the settings change nothing there."""
+    return {"cudagraph_mode": "PIECEWISE", "splitting_ops": [*_VLLM_SPLITTING_OPS, *ops]}
 
 
 def is_cpu_platform() -> bool:

@@ -34,6 +34,7 @@ from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from adapters.serving.bank import ProjectionShape
+from adapters.serving.grouped import Groups, SegmentedKernel, default_kernel
 from router.step_routing import RequestRoute
 
 PINNED_VLLM_VERSION = "0.32.0"
@@ -143,6 +144,41 @@ def dense_product(matrix: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor
     return functools.partial(_custom_ops.onednn_mm, handler, bias=None)
 
 
+def segmented_kernel(device: torch.device, dtype: torch.dtype) -> SegmentedKernel:
+    """The segmented-product kernel of banks on `device` in `dtype`: vLLM's punica LoRA kernels for
+    fp16 and bf16 on CUDA (they take no fp32 weights), torch's elsewhere."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return PUNICA
+    return default_kernel(device, dtype)
+
+
+def punica_product(x: torch.Tensor, storage: torch.Tensor, groups: Groups) -> torch.Tensor:
+    """`x[rows of slot s] @ W[s]` with each W[s] stored (b, a), through vLLM's punica kernels: `lora_shrink`
+    when the product narrows (b ≤ a), `lora_expand` when it widens. Rows are already sorted by slot,
+    so the kernels' token order is the identity; group sizes and the launch grid come from the host."""
+    from vllm.lora.ops.triton_ops import lora_expand, lora_shrink  # Triton: imported on GPU engines only
+
+    n, b = x.shape[0], storage.shape[1]
+    x = x.contiguous()
+    zero = groups.ends.new_zeros(1)
+    starts = torch.cat([zero, groups.ends])  # (g + 1,)
+    counts = starts.diff()  # (g,)
+    order = torch.arange(n, device=x.device, dtype=torch.int32)
+    no_rows = torch.zeros(1, dtype=torch.bool)  # host tensors, as the kernels expect
+    active = torch.tensor([groups.host_ends.shape[0]])
+    metadata = (order, order, counts, starts, groups.slot_ids, no_rows, active)
+    if b <= x.shape[1]:
+        out = x.new_empty(1, n, b)
+        lora_shrink(x, [storage], out, *metadata, 1.0)
+        return out[0]
+    out = x.new_empty(n, b)
+    lora_expand(x.unsqueeze(0), [storage], out, *metadata, offset_start=0, add_inputs=False)
+    return out
+
+
+PUNICA = SegmentedKernel("vLLM punica (lora_shrink / lora_expand)", punica_product, transposed=True)
+
+
 def base_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     result = layer(x)
     return result[0] if isinstance(result, tuple) else result
@@ -225,6 +261,20 @@ def runner_model(model_runner: object) -> nn.Module:
 
 def runner_model_dtype(model_runner: object) -> torch.dtype:
     return model_runner.model_config.dtype
+
+
+def runner_compilation(model_runner: object) -> dict[str, object]:
+    """How this worker's model was compiled: vLLM's compilation mode, CUDA-graph mode and splitting
+    ops as the worker resolved them, and vLLM's compilation counters in this process."""
+    from vllm.compilation.counter import compilation_counter
+
+    config = model_runner.vllm_config.compilation_config
+    return {
+        "mode": config.mode.name,
+        "cudagraph_mode": config.cudagraph_mode.name,
+        "splitting_ops": list(config.splitting_ops or []),
+        "counters": dataclasses.asdict(compilation_counter),
+    }
 
 
 # --- vLLM's OpenAI serving layer ------------------------------------------------------------------

@@ -14,14 +14,14 @@ from adapters.registry import get_method
 from server.engine import vllm_internals
 from server.engine.adapted_linear import Projection
 from server.engine.adapter_residency import WorkerAdapters
+from server.engine.capacity import BANK_DTYPE_KEY, CAPACITY_KEY
 
-CAPACITY_KEY = "orthoserve"
-"""Key of the adapter capacity in the engine's `additional_config`: {kind: capacity fields}."""
 _ATTRIBUTE = "_orthoserve_adapters"
 
 
 def install_adapters(model_runner: object) -> None:
-    capacity = vllm_internals.runner_extra_config(model_runner).get(CAPACITY_KEY)
+    extra_config = vllm_internals.runner_extra_config(model_runner)
+    capacity = extra_config.get(CAPACITY_KEY)
     if not capacity:
         return
     vllm_internals.verify_internals()
@@ -39,6 +39,8 @@ def install_adapters(model_runner: object) -> None:
         capacities,
         device=vllm_internals.runner_device(model_runner),
         model_dtype=vllm_internals.runner_model_dtype(model_runner),
+        bank_dtype=extra_config.get(BANK_DTYPE_KEY, "auto"),
+        kernel_for=vllm_internals.segmented_kernel,
         max_tokens=vllm_internals.runner_max_tokens(model_runner),
         product=vllm_internals.dense_product,
         base_forward=vllm_internals.base_forward,
@@ -65,6 +67,10 @@ class OrthoserveWorkerExtension:
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:
         return self._orthoserve_adapters().resident_bytes()
+
+    def orthoserve_compilation(self) -> dict[str, object]:
+        """How vLLM compiled this worker's model (mode, graph settings, compilation counters)."""
+        return vllm_internals.runner_compilation(vllm_internals.worker_model_runner(self))
 
     def _orthoserve_adapters(self) -> WorkerAdapters:
         adapters = getattr(vllm_internals.worker_model_runner(self), _ATTRIBUTE, None)

@@ -23,9 +23,9 @@ from adapters.initialise import init_adapter_set
 from adapters.lora.math import lora_forward
 from adapters.moore.math import moore_forward
 from adapters.registry import get_method
-from adapters.serving.bank import KindRows, ProjectionShape, SlotContents
+from adapters.serving.bank import BankPlacement, KindRows, ProjectionShape, SlotContents
 from adapters.serving.factors import SharedFactors, torch_product
-from adapters.serving.grouped import Groups, grouped_matmul, grouped_matmul_reference
+from adapters.serving.grouped import LOOP, TORCH_GROUPED_MM, Groups, GroupedWeights, grouped_matmul_reference
 from adapters.serving.pages import zero_and_release
 from adapters.svd_cache import BaseFactors
 from router.step_routing import RequestRoute, ResidentEntry, build_host_rows, device_rows
@@ -46,7 +46,7 @@ def make_bank(kind: str, base: BaseModelInfo, proj: str, factors: BaseFactors, c
     shared = SharedFactors(torch.float32, CPU, torch_product)
     shape = ProjectionShape(in_features, out_features)
     shared.hold(lambda: factors.get(LAYER, proj), shape)
-    return method.make_bank(method.capacity_cls(**capacity), shape, CPU, torch.float32, shared)
+    return method.make_bank(method.capacity_cls(**capacity), shape, BankPlacement.default(CPU, torch.float32), shared)
 
 
 def fill(bank, sets: dict[str, AdapterSet], slots: dict[str, int], proj: str, factors: BaseFactors) -> dict[str, ResidentEntry]:
@@ -73,16 +73,20 @@ def step_rows(entries: dict[str, ResidentEntry], kind: str, num_slots: int) -> t
     return device_rows(host, sum(counts), CPU), requests
 
 
+@pytest.mark.parametrize("kernel", [TORCH_GROUPED_MM, LOOP], ids=lambda k: k.name)
 @pytest.mark.parametrize(("width", "height"), [(5, 3), (16, 8)])  # unaligned rows fall back to one product per slot
-def test_grouped_matmul_equals_one_product_per_slot(width: int, height: int) -> None:
+def test_grouped_matmul_equals_one_product_per_slot(kernel, width: int, height: int) -> None:
     x = torch.randn(7, width)
-    weights = torch.randn(4, width, height)
-    ends = torch.tensor([2, 2, 6, 7], dtype=torch.int32)  # slot 1 empty
-    every_slot = grouped_matmul(x, weights, Groups(ends))
-    assert_close(every_slot, grouped_matmul_reference(x, weights, ends))
-    assert_close(every_slot[2:6], x[2:6] @ weights[2])
-    listed = Groups(torch.tensor([2, 6, 7], dtype=torch.int32), torch.tensor([0, 2, 3]))
-    assert_close(grouped_matmul(x, weights, listed), every_slot)
+    weights = GroupedWeights(4, width, height, device=CPU, dtype=torch.float32, kernel=kernel)
+    weights.weights.copy_(torch.randn(4, width, height))
+    ends = np.array([2, 2, 6, 7], dtype=np.int32)  # slot 1 empty
+    every_slot = weights.matmul(x, Groups(torch.from_numpy(ends), ends))
+    for slot, (start, end) in enumerate(zip([0, 2, 2, 6], ends)):
+        assert_close(every_slot[start:end], x[start:end] @ weights[slot])
+    listed_ends = np.array([2, 6, 7], dtype=np.int32)
+    listed = Groups(torch.from_numpy(listed_ends), listed_ends, torch.tensor([0, 2, 3]))
+    assert_close(weights.matmul(x, listed), every_slot)
+    assert_close(grouped_matmul_reference(x, weights.weights, listed), every_slot)
 
 
 @pytest.mark.parametrize("proj", ["q_proj", "down_proj"])

@@ -1,6 +1,6 @@
 """Served adapters are exact: a mixed batch inside vLLM equals the PyTorch reference, row by row.
 
-Each fp32 engine (eager, and compiled by vLLM) serves base, two tasks of one MoORE set, a second MoORE set, a MoORE set at paper init,
+Each fp32 engine (eager, and compiled by vLLM, which the compilation counters confirm) serves base, two tasks of one MoORE set, a second MoORE set, a MoORE set at paper init,
 an input-routed and a task-routed BADIT set and a LoRA set, all in one batch.
 """
 
@@ -15,6 +15,7 @@ from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
 from adapters.reference import reference_greedy
 from router.target import BASE_TARGET, RouteTarget
+from server.engine.adapted_linear import ADAPTED_LINEAR_OP
 from server.engine.capacity import AdapterCapacity
 from server.engine.offline import OfflineEngine, OfflineRequest
 
@@ -150,3 +151,19 @@ def test_badit_never_reuses_cached_prefix_kv(engine: OfflineEngine, tiny_model_d
     )
     assert served.token_ids == ref_tokens
     assert max(abs(a - b) for a, b in zip(served.logprobs, ref_logprobs)) <= LOGPROB_TOLERANCE
+
+
+def test_compiled_engine_really_compiled(engine: OfflineEngine, request: pytest.FixtureRequest) -> None:
+    """The compiled engine went through vLLM's compiler and the eager one did not; both keep the
+    adapter op among the ops that are never captured in a graph."""
+    compilation = engine.compilation()
+    counters = compilation["counters"]
+    compiled = counters["num_aot_compiles"] + counters["num_aot_artifacts_loaded"] + counters["num_inductor_compiles"]
+    if request.node.callspec.params["engine"] == "compiled":
+        assert compilation["mode"] != "NONE"
+        assert counters["num_models_seen"] >= 1 and compiled >= 1, counters
+    else:
+        assert compilation["mode"] == "NONE"
+        assert counters["num_models_seen"] == 0 and compiled == 0, counters
+    assert ADAPTED_LINEAR_OP in compilation["splitting_ops"]
+    assert compilation["cudagraph_mode"] in ("NONE", "PIECEWISE")  # never a full graph around the adapter op
