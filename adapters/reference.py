@@ -8,7 +8,7 @@ purpose: the serving path is tested against it, and training builds on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -153,23 +153,41 @@ class ReferenceModel:
         logits = self.forward(input_ids, mask, routes)  # (B, L, vocab)
         return [logits[b, logits.shape[1] - len(p) :] for b, p in enumerate(prompts)]
 
-    @torch.no_grad()
+    def continuation_logprobs(self, prompt: Sequence[int], continuation: Sequence[int], route: RowRoute) -> list[float]:
+        """Logprob of each token of `continuation` after `prompt`, decoded one token per step as the
+        engine does (routing included) but with the tokens given: how likely the reference finds
+        tokens another engine generated."""
+        forced = torch.tensor([list(continuation)])  # (1, steps)
+        [(_, logprobs)] = self._decode([prompt], [route], len(continuation), lambda step, _: forced[:, step])
+        return logprobs
+
     def greedy(
         self, prompts: Sequence[Sequence[int]], routes: Sequence[RowRoute], max_new_tokens: int
     ) -> list[tuple[list[int], list[float]]]:
         """Greedy decoding of a left-padded batch: prefill of whole prompts, then one token per step with KV cache."""
+        return self._decode(prompts, routes, max_new_tokens, lambda _, log_probs: log_probs.argmax(-1))
+
+    @torch.no_grad()
+    def _decode(
+        self,
+        prompts: Sequence[Sequence[int]],
+        routes: Sequence[RowRoute],
+        steps: int,
+        choose: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> list[tuple[list[int], list[float]]]:
+        """Prefill, then `steps` decode steps; `choose(step, log_probs (B, vocab))` gives each step's tokens (B,)."""
         input_ids, mask = _left_pad(prompts)
         cache = DynamicCache(config=self.model.config)
         logits = self.forward(input_ids, mask, routes, past_key_values=cache)[:, -1]  # (B, vocab)
         tokens: list[list[int]] = [[] for _ in prompts]
         logprobs: list[list[float]] = [[] for _ in prompts]
-        for step in range(max_new_tokens):
+        for step in range(steps):
             log_probs = torch.log_softmax(logits, dim=-1)  # (B, vocab)
-            next_tokens = log_probs.argmax(-1)  # (B,)
+            next_tokens = choose(step, log_probs)  # (B,)
             for b, token in enumerate(next_tokens.tolist()):
                 tokens[b].append(token)
                 logprobs[b].append(float(log_probs[b, token]))
-            if step + 1 == max_new_tokens:
+            if step + 1 == steps:
                 break
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)  # (B, L + step + 1)
             logits = self.forward(next_tokens.unsqueeze(1), mask, routes, past_key_values=cache)[:, -1]

@@ -27,6 +27,7 @@ from adapters.errors import AdapterError
 from adapters.format import load_adapter_set, read_manifest
 from adapters.initialise import init_adapter_set
 from adapters.lora.config import LoraConfig
+from adapters.serving.bank import cpu_capability
 from router.target import BASE_TARGET, RouteTarget
 from server.engine import vllm_compat as vc
 from server.engine.capacity import AdapterCapacity
@@ -80,6 +81,7 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     ratios: list[BenchRatio] = field(default_factory=list)
     resident_bytes: dict[str, int] = field(default_factory=dict)  # per set, shared factors, preallocated capacity
+    hardware: dict[str, str] = field(default_factory=dict)  # CPU capability; the banks' device, dtype and kernel
 
     def add(self, engine: str, times: dict[str, float], tokens: int) -> dict[str, float]:
         self.rows += [BenchRow(engine, name, tokens / seconds, seconds) for name, seconds in times.items()]
@@ -258,6 +260,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
 
     log("orthoserve engine with adapter capacity (eager)")
     engine, slots, scenarios = _orthoserve_engine(config, sets, compiled=False)
+    report.hardware = {"cpu": cpu_capability(), **engine.placement()}
+    log(f"  {report.hardware}")
     ours = report.add("orthoserve", runner.best_times(engine, scenarios, log), tokens)
     for i, path in enumerate(sets.loras[config.lora_adapters :], start=config.lora_adapters):
         slots.load(f"lora-{i}", path)
@@ -325,7 +329,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
 
 
 def render_table(report: BenchReport) -> str:
-    lines = [f"{'engine':22} {'scenario':36} {'tok/s':>9}", "-" * 69]
+    lines = [f"{name}: {value}" for name, value in report.hardware.items()] + [""]
+    lines += [f"{'engine':22} {'scenario':36} {'tok/s':>9}", "-" * 69]
     lines += [f"{r.engine:22} {r.scenario:36} {r.tokens_per_s:9.1f}" for r in report.rows]
     lines += ["", f"{'ratio':50} {'value':>7} {'target':>7}", "-" * 69]
     for ratio in report.ratios:
@@ -344,5 +349,6 @@ def write_json(report: BenchReport, config: BenchConfig, path: Path) -> None:
         "rows": [asdict(r) for r in report.rows],
         "ratios": [asdict(r) | {"met": r.met} for r in report.ratios],
         "resident_bytes": report.resident_bytes,
+        "hardware": report.hardware,
     }
     path.write_text(json.dumps(payload, indent=2))

@@ -74,6 +74,7 @@ class WorkerAdapters:
         self.device = device
         dtype = compute_dtype(device, model_dtype, bank_dtype)
         self.placement = BankPlacement(device, dtype, kernel_for(device, dtype))
+        self.model_dtype = model_dtype
         self.shared: dict[tuple[int, str], SharedFactors] = {}
         self.layers: dict[tuple[int, str], AdaptedLinear] = {}  # (layer, projection) → layer holding it
         self.shapes: dict[tuple[int, str], ProjectionShape] = {}  # (layer, projection) → this rank's part
@@ -167,6 +168,15 @@ class WorkerAdapters:
             if get_method(kind).serving.shares_base_factors and by_proj[key[1]].any()
         }
         return sum(shared.release() for key, shared in self.shared.items() if key not in needed)
+
+    def describe_placement(self) -> dict[str, str]:
+        """Where the banks live and what runs them, for benchmarks and logs."""
+        return {
+            "device": str(self.device),
+            "model_dtype": str(self.model_dtype).removeprefix("torch."),
+            "bank_dtype": str(self.placement.dtype).removeprefix("torch."),
+            "kernel": self.placement.kernel.name,
+        }
 
     def resident_bytes(self) -> dict[str, int]:
         banks = {id(b): b for adapted in self.layers.values() for by_proj in adapted.banks.values() for b in by_proj.values()}

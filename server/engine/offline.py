@@ -56,6 +56,7 @@ class OfflineEngine:
         if vc.is_cpu_platform():
             export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size * pipeline_parallel_size))
         self.base = describe_base_model(model_dir)
+        self.dtype = dtype
         capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
         self._factors = FactorsFolder(self.base, svd_cache_dir)
         stock_lora = (
@@ -91,6 +92,10 @@ class OfflineEngine:
 
     def resident_bytes(self) -> dict[str, int]:
         return self.llm.collective_rpc("orthoserve_resident_bytes")[0]
+
+    def placement(self) -> dict[str, str]:
+        """The first worker's bank device, dtype and kernel, and the model's dtype."""
+        return self.llm.collective_rpc("orthoserve_placement")[0]
 
     def compilation(self) -> dict[str, object]:
         """How vLLM compiled the first worker's model (see `vllm_internals.runner_compilation`)."""

@@ -68,6 +68,10 @@ class OrthoserveWorkerExtension:
     def orthoserve_resident_bytes(self) -> dict[str, int]:
         return self._orthoserve_adapters().resident_bytes()
 
+    def orthoserve_placement(self) -> dict[str, str]:
+        """The banks' device, dtype and segmented-product kernel, and the model's dtype."""
+        return self._orthoserve_adapters().describe_placement()
+
     def orthoserve_compilation(self) -> dict[str, object]:
         """How vLLM compiled this worker's model (mode, graph settings, compilation counters)."""
         return vllm_internals.runner_compilation(vllm_internals.worker_model_runner(self))

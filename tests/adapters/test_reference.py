@@ -80,3 +80,13 @@ def test_decode_matches_full_recompute(reference: ReferenceModel) -> None:
         torch.testing.assert_close(
             recomputed.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1), torch.tensor(logprobs), atol=1e-4, rtol=0
         )
+
+
+def test_continuation_logprobs_score_given_tokens_as_decoding_does(reference: ReferenceModel) -> None:
+    """Scoring the reference's own greedy tokens gives back its greedy logprobs (BADIT included, whose
+    decode steps are routed on their own token); other tokens score lower."""
+    for prompt, route in zip(PROMPTS[:6], ROUTES[:6]):
+        [(tokens, logprobs)] = reference.greedy([prompt], [route], 5)
+        torch.testing.assert_close(reference.continuation_logprobs(prompt, tokens, route), logprobs, rtol=0, atol=1e-5)
+        other = [(token + 1) % 500 for token in tokens]
+        assert all(o < g for o, g in zip(reference.continuation_logprobs(prompt, other, route), logprobs))

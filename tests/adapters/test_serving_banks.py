@@ -40,13 +40,24 @@ def load(set_dirs: dict[str, Path], name: str, base: BaseModelInfo) -> AdapterSe
     return load_adapter_set(set_dirs[name], base)
 
 
-def make_bank(kind: str, base: BaseModelInfo, proj: str, factors: BaseFactors, capacity: dict):
+# Banks in the model's dtype (GPUs, CPUs with bf16 matmul units) against the fp32 reference math.
+BANK_DTYPES = [torch.float32, torch.bfloat16]
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+
+def make_bank(kind: str, base: BaseModelInfo, proj: str, factors: BaseFactors, capacity: dict, dtype: torch.dtype = torch.float32):
     method = get_method(kind).serving
     out_features, in_features = base.shape(proj)
-    shared = SharedFactors(torch.float32, CPU, torch_product)
+    shared = SharedFactors(dtype, CPU, torch_product)
     shape = ProjectionShape(in_features, out_features)
     shared.hold(lambda: factors.get(LAYER, proj), shape)
-    return method.make_bank(method.capacity_cls(**capacity), shape, BankPlacement.default(CPU, torch.float32), shared)
+    return method.make_bank(method.capacity_cls(**capacity), shape, BankPlacement.default(CPU, dtype), shared)
+
+
+def assert_near(served: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """Equal within the bank dtype's rounding, relative to the output's scale."""
+    tolerance = TOLERANCE[dtype]
+    assert_close(served.float(), expected.float(), rtol=tolerance, atol=tolerance * float(expected.abs().max()))
 
 
 def fill(bank, sets: dict[str, AdapterSet], slots: dict[str, int], proj: str, factors: BaseFactors) -> dict[str, ResidentEntry]:
@@ -89,21 +100,22 @@ def test_grouped_matmul_equals_one_product_per_slot(kernel, width: int, height: 
     assert_close(grouped_matmul_reference(x, weights.weights, listed), every_slot)
 
 
+@pytest.mark.parametrize("dtype", BANK_DTYPES, ids=str)
 @pytest.mark.parametrize("proj", ["q_proj", "down_proj"])
-def test_moore_bank_matches_reference_per_row(set_dirs, base: BaseModelInfo, factors: BaseFactors, proj: str) -> None:
+def test_moore_bank_matches_reference_per_row(set_dirs, base: BaseModelInfo, factors: BaseFactors, proj: str, dtype: torch.dtype) -> None:
     sets = {"a": load(set_dirs, "moore-random", base), "b": load(set_dirs, "moore-paper", base)}
-    bank = make_bank("moore", base, proj, factors, {"max_sets": 3, "max_householder": 12, "max_router_width": 130, "max_tasks": 16})
+    bank = make_bank("moore", base, proj, factors, {"max_sets": 3, "max_householder": 12, "max_router_width": 130, "max_tasks": 16}, dtype)
     entries = fill(bank, sets, {"a": 2, "b": 0}, proj, factors)
     rows, requests = step_rows(entries, "moore", 3)
-    x = torch.randn(14, base.shape(proj)[1])
-    out = torch.full((14, base.shape(proj)[0]), float("nan"))
+    x = torch.randn(14, base.shape(proj)[1]).to(dtype)
+    out = torch.full((14, base.shape(proj)[0]), float("nan"), dtype=dtype)
     bank.apply(x, out, rows)
 
     f = factors.get(LAYER, proj)
     for name, task, batch_rows in requests:
         module = sets[name].module(LAYER, proj)
-        expected = moore_forward(x[batch_rows], f.U, f.S, f.V, module.Y, module.G, module.G_up, module.task_vectors()[task])
-        assert_close(out[batch_rows], expected, rtol=1e-4, atol=1e-4)
+        expected = moore_forward(x[batch_rows].float(), f.U, f.S, f.V, module.Y, module.G, module.G_up, module.task_vectors()[task])
+        assert_near(out[batch_rows], expected, dtype)
     base_rows = np.setdiff1d(np.arange(14), np.concatenate([r for _, _, r in requests]))
     assert torch.isnan(out[base_rows]).all(), "rows of other requests are left alone"
 
@@ -116,18 +128,21 @@ def badit_top2(tmp_path_factory: pytest.TempPathFactory, base: BaseModelInfo, sv
     return path
 
 
+@pytest.mark.parametrize("dtype", BANK_DTYPES, ids=str)
 @pytest.mark.parametrize("input_routed", ["badit-random", "badit-top2"])
-def test_badit_bank_matches_reference_per_segment(set_dirs, badit_top2: Path, base: BaseModelInfo, factors: BaseFactors, input_routed: str) -> None:
+def test_badit_bank_matches_reference_per_segment(
+    set_dirs, badit_top2: Path, base: BaseModelInfo, factors: BaseFactors, input_routed: str, dtype: torch.dtype
+) -> None:
     proj = "gate_proj"
     routed = load_adapter_set(badit_top2, base) if input_routed == "badit-top2" else load(set_dirs, input_routed, base)
     sets = {"a": load(set_dirs, "badit-tasks", base), "b": routed}
-    bank = make_bank("badit", base, proj, factors, {"max_sets": 3, "max_rank": 40, "max_experts": 9, "max_tasks": 16})
+    bank = make_bank("badit", base, proj, factors, {"max_sets": 3, "max_rank": 40, "max_experts": 9, "max_tasks": 16}, dtype)
     entries = fill(bank, sets, {"a": 1, "b": 2}, proj, factors)
     rows, requests = step_rows(entries, "badit", 3)
     W = base.read_weight(LAYER, proj)
-    x = torch.randn(14, W.shape[1])
-    out = x @ W.T
-    bank.apply(x, out, rows)
+    x = torch.randn(14, W.shape[1]).to(dtype).float()
+    out = (x @ W.T).to(dtype)
+    bank.apply(x.to(dtype), out, rows)
 
     f = factors.get(LAYER, proj)
     for name, task, batch_rows in requests:
@@ -136,27 +151,28 @@ def test_badit_bank_matches_reference_per_segment(set_dirs, badit_top2: Path, ba
         w = module.task_mixture[task] if module.task_mixture is not None else ability_weights(xs.mean(0), module.G, module.route_top_k)
         W_res = residual_weight(W, f.U, f.S, f.V, module.num_experts * module.expert_rank)
         expected = badit_forward(xs, W_res, module.A, module.B, w, module.expert_rank, module.scale)
-        assert_close(out[batch_rows], expected, rtol=1e-4, atol=1e-4)
+        assert_near(out[batch_rows], expected, dtype)
 
 
-def test_lora_bank_matches_reference_and_clears(set_dirs, base: BaseModelInfo, factors: BaseFactors) -> None:
+@pytest.mark.parametrize("dtype", BANK_DTYPES, ids=str)
+def test_lora_bank_matches_reference_and_clears(set_dirs, base: BaseModelInfo, factors: BaseFactors, dtype: torch.dtype) -> None:
     proj = "q_proj"
     sets = {"a": load(set_dirs, "lora-random", base)}
-    bank = make_bank("lora", base, proj, factors, {"max_sets": 2, "max_rank": 32})
+    bank = make_bank("lora", base, proj, factors, {"max_sets": 2, "max_rank": 32}, dtype)
     entries = fill(bank, sets, {"a": 1}, proj, factors)
     rows, requests = step_rows(entries, "lora", 2)
     W = base.read_weight(LAYER, proj)
-    x = torch.randn(14, W.shape[1])
-    out = x @ W.T
-    bank.apply(x, out, rows)
+    x = torch.randn(14, W.shape[1]).to(dtype).float()
+    out = (x @ W.T).to(dtype)
+    bank.apply(x.to(dtype), out, rows)
     module = sets["a"].module(LAYER, proj)
     for _, _, batch_rows in requests:
-        assert_close(out[batch_rows], lora_forward(x[batch_rows], W, module.A, module.B, module.scaling), rtol=1e-5, atol=1e-5)
+        assert_near(out[batch_rows], lora_forward(x[batch_rows], W, module.A, module.B, module.scaling), dtype)
 
     bank.clear(1)
-    cleared = x @ W.T
-    bank.apply(x, cleared, rows)
-    assert_close(cleared, x @ W.T)
+    cleared = (x @ W.T).to(dtype)
+    bank.apply(x.to(dtype), cleared, rows)
+    assert_close(cleared, (x @ W.T).to(dtype))
 
 
 def test_released_slot_reads_zero_and_gives_its_pages_back() -> None:

@@ -41,3 +41,7 @@ def test_bench_reports_every_scenario_and_ratio(tiny_model_dir: Path, tmp_path: 
     assert resident["moore (many tasks)"] > resident["moore-0"], "each task adds its task vectors"
     assert resident["engine: base_factors"] > 0 and resident["engine: capacity"] > 0
     assert "lora, 8 adapters / base" in result.output
+    hardware = report["hardware"]
+    assert hardware["device"] == "cpu" and hardware["kernel"] == "torch._grouped_mm"
+    assert hardware["bank_dtype"] in ("float32", hardware["model_dtype"])
+    assert "bf16 matmul" in hardware["cpu"] and f"bank_dtype: {hardware['bank_dtype']}" in result.output
