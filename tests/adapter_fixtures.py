@@ -31,6 +31,12 @@ def factors(base: BaseModelInfo, svd_cache_dir: Path) -> BaseFactors:
 
 
 @pytest.fixture(scope="session")
+def factors_dir(factors: BaseFactors) -> Path:
+    """The verified SVD factor folder engine workers read."""
+    return factors.folder
+
+
+@pytest.fixture(scope="session")
 def set_dirs(tmp_path_factory: pytest.TempPathFactory, base: BaseModelInfo, svd_cache_dir: Path) -> dict[str, Path]:
     """name → folder of a valid set: paper and random inits of each kind, and a task-routed BADIT set."""
     root = tmp_path_factory.mktemp("sets")

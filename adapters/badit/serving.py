@@ -136,6 +136,10 @@ class BaditBank:
         kept = weights * (rank < torch.where(k > 0, k, K).unsqueeze(1))
         return kept / kept.sum(1, keepdim=True).clamp(min=torch.finfo(kept.dtype).tiny)
 
+    def held(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        grouped = tuple(w.storage for w in (self.W_in, self.W_out, self.G_t))
+        return (*grouped, self.neg_S, self.gate_mask, self.expert_of, self.input_routed, self.route_top_k), (self.mixtures,)
+
     @property
     def nbytes(self) -> int:
         grouped = sum(w.nbytes for w in (self.W_in, self.W_out, self.G_t))

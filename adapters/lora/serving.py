@@ -57,6 +57,9 @@ class LoraBank:
         shrunk = self.shape.summed(self.A_t.matmul(xs, rows.groups))  # (n, r)
         scatter_add(columns, rows, self.B_t.matmul(shrunk, rows.groups))  # (n, out)
 
+    def held(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return (self.A_t.storage, self.B_t.storage), ()
+
     @property
     def nbytes(self) -> int:
         return self.A_t.nbytes + self.B_t.nbytes

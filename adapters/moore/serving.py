@@ -101,6 +101,9 @@ class MooreBank:
         gate.add_(self.C.index_select(0, rows.task_row)).add_(factors.S).relu_()
         scatter_set(columns, rows, factors.project_out(z.mul_(gate)))
 
+    def held(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return tuple(w.storage for w in (self.Y_hat, self.P, self.G_t, self.G_up_t)), (self.C,)
+
     @property
     def nbytes(self) -> int:
         return sum(w.nbytes for w in (self.Y_hat, self.P, self.G_t, self.G_up_t)) + tensors_nbytes(self.C)

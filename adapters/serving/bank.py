@@ -108,6 +108,9 @@ class ProjectionBank(Protocol):
     def apply(self, x: torch.Tensor, columns: torch.Tensor, rows: KindRows) -> None:
         """Write (or add) the output columns of this projection for `rows` of `x`."""
 
+    def held(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Every tensor the bank fills: those indexed by slot, and those indexed by task row."""
+
     @property
     def nbytes(self) -> int: ...
 

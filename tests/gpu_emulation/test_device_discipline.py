@@ -9,14 +9,13 @@ punica kernels).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from worker_support import Batch, EmulatedWorker, run_step, worker_on
 
 from adapters.serving.grouped import LOOP, SegmentedKernel, grouped_matmul_reference
-from router.step_routing import RequestRoute
 
-from conftest import DEVICE, DeviceDiscipline, EmulatedWorker, worker_on  # type: ignore[import-not-found]
+from conftest import DEVICE, DeviceDiscipline  # type: ignore[import-not-found]
 
 TRANSPOSED_LOOP = SegmentedKernel(
     "per-slot products, transposed storage",
@@ -26,19 +25,12 @@ TRANSPOSED_LOOP = SegmentedKernel(
 # slot id → set; kinds get capacities that leave empty slots and padding
 SETS = {1: "moore-random", 2: "badit-random", 3: "badit-tasks", 4: "lora-random", 5: "moore-paper"}
 CAPACITIES = {"moore": {"max_sets": 3}, "badit": {"max_sets": 3}, "lora": {"max_sets": 2}}
-# requests in batch order: (slot id or None, task index, tokens this step)
 BATCH = [(1, 1, 3), (None, 0, 2), (2, 0, 4), (4, 0, 1), (3, 1, 2), (5, 0, 1), (1, 0, 1), (None, 0, 1)]
 
 
-def run_step(worker: EmulatedWorker, batch: list[tuple[int | None, int, int]]) -> list[torch.Tensor]:
-    routes = [RequestRoute(slot, task) if slot is not None else None for slot, task, _ in batch]
-    counts = np.array([n for _, _, n in batch])
-    worker.adapters.begin_step(routes, counts)
-    x = torch.empty(int(counts.sum()), worker.in_features, device=DEVICE, dtype=worker.layers[0].base_layer.weight.dtype)
-    try:
-        return [layer.compute(x) for layer in worker.layers]
-    finally:
-        worker.adapters.end_step()
+def step_on_device(worker: EmulatedWorker, batch: Batch) -> list[torch.Tensor]:
+    x = torch.empty(sum(n for _, _, n in batch), worker.in_features, device=DEVICE, dtype=worker.layers[0].base_layer.weight.dtype)
+    return run_step(worker, batch, x)
 
 
 @pytest.mark.parametrize("kernel", [LOOP, TRANSPOSED_LOOP], ids=["as-stored", "transposed"])
@@ -49,9 +41,9 @@ def test_load_and_forward_stay_on_the_device(base, set_dirs, factors_dir, kernel
     with discipline:
         for slot, name in SETS.items():
             assert worker.adapters.load(slot, set_dirs[name], factors_dir) > 0
-        outputs = run_step(worker, BATCH)
-        run_step(worker, [(4, 0, 3)])  # one slot alone: its own weights, no gather
-        run_step(worker, [(1, 0, 2), (5, 1, 1)])  # one method covering the whole batch
+        outputs = step_on_device(worker, BATCH)
+        step_on_device(worker, [(4, 0, 3)])  # one slot alone: its own weights, no gather
+        step_on_device(worker, [(1, 0, 2), (5, 1, 1)])  # one method covering the whole batch
         for slot in SETS:
             worker.adapters.unload(slot)
     assert discipline.violations == []

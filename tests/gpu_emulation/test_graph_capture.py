@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from worker_support import EmulatedWorker, worker_on
 from torch.fx.experimental.proxy_tensor import make_fx
 from vllm.compilation.backends import split_graph
 from vllm.config import CompilationConfig, CompilationMode, CUDAGraphMode
@@ -24,7 +25,6 @@ from router.step_routing import RequestRoute
 from server.engine.adapted_linear import ADAPTED_LINEAR_OP, _LAYERS
 from server.engine.capacity import AdapterCapacity
 
-from conftest import EmulatedWorker, worker_on  # type: ignore[import-not-found]
 
 CPU = torch.device("cpu")
 SETS = {1: "moore-random", 2: "badit-random", 3: "lora-random"}
