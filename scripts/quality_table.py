@@ -1,6 +1,9 @@
-"""Print the markdown tables of docs/quality.md from the JSON files of scripts/quality_eval.sh.
+"""Print the markdown tables of docs/quality.md from the per-item JSONL of scripts/quality_eval.sh.
 
-Usage: python scripts/quality_table.py OUT_DIR
+Usage: python scripts/quality_table.py RESULTS_DIR    (eval-<row>.jsonl and fidelity-<row>.jsonl)
+Every number is recomputed from the per-item lines: accuracy with its 95 % Wilson interval, majority
+and chance baselines, differences against the base with paired-bootstrap 95 % intervals (seed 0),
+the share of the most frequent prediction, missing answers, and served-vs-reference fidelity.
 """
 
 from __future__ import annotations
@@ -9,32 +12,115 @@ import json
 import sys
 from pathlib import Path
 
-TRAINED = ("boolq", "arc-e", "piqa")
-HELD_OUT = ("sciq", "copa")
-ROWS = (("base", "base (SmolLM2-135M-Instruct)"), ("lora", "LoRA (same budget)"), ("moore", "MoORE"), ("badit", "BADIT"))
+from adapters.evaluation.run import fidelity_summary
+from adapters.evaluation.stats import cell, chance, majority_baseline, paired_bootstrap, top_prediction_share
+
+TRAINED = ("arc-e", "piqa", "siqa")
+HELD_OUT = ("sciq", "copa", "obqa")
+ROWS = (("base", "base (SmolLM2-135M-Instruct)"), ("lora", "LoRA (MoORE's budget)"), ("moore", "MoORE"), ("badit", "BADIT"))
+# column → (prediction field, correctness field, gold field, scores field)
+COLUMNS = {
+    "cloze": ("pred", "correct", "gold", "loglikelihoods"),
+    "letter": ("letter_pred", "letter_correct", "letter_gold", "letter_loglikelihoods"),
+}
 
 
-def main(out: Path) -> None:
-    header = "| set | " + " | ".join(TRAINED) + " | trained avg | " + " | ".join(HELD_OUT) + " | held-out avg |"
-    lines = [header, "|---" + "|---:" * (len(TRAINED) + len(HELD_OUT) + 2) + "|"]
-    fidelity = ["| set | items | served acc | reference acc | same answer |", "|---|---:|---:|---:|---:|"]
+def load(path: Path) -> dict[str, list[dict]]:
+    by_task: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_task.setdefault(record["task"], []).append(record)
+    return by_task
+
+
+def answers(rows: list[dict], column: str) -> list[bool | None]:
+    pred, correct, _, _ = COLUMNS[column]
+    return [None if r[pred] is None else bool(r[correct]) for r in rows]
+
+
+def accuracy_table(data: dict[str, dict[str, list[dict]]], column: str) -> str:
+    tasks = [t for t in (*TRAINED, *HELD_OUT) if t in data["base"]]
+    _, _, gold, scores = COLUMNS[column]
+    base = data["base"]
+    header = "| row | " + " | ".join(f"{t} (n={len(base[t])})" for t in tasks) + " | trained avg | held-out avg |"
+    lines = [header, "|---" + "|---:" * (len(tasks) + 2) + "|"]
+
+    def average(values: dict[str, float], group: tuple[str, ...]) -> str:
+        present = [values[t] for t in group if t in values]
+        return f"{sum(present) / len(present):.1f}" if present else "-"
+
+    for name, values in (
+        ("chance", {t: chance([len(r[scores]) for r in base[t]]) for t in tasks}),
+        ("majority label", {t: majority_baseline([r[gold] for r in base[t]]) for t in tasks}),
+    ):
+        lines.append(f"| {name} | " + " | ".join(f"{values[t]:.1f}" for t in tasks) + f" | {average(values, TRAINED)} | {average(values, HELD_OUT)} |")
     for row, label in ROWS:
-        path = out / f"eval-{row}.json"
+        if row not in data:
+            continue
+        cells = {t: cell(answers(data[row][t], column)) for t in tasks}
+        text = [f"{c.accuracy:.1f} [{c.low:.1f}, {c.high:.1f}]" + (f" ({c.missing} missing)" if c.missing else "") for c in cells.values()]
+        values = {t: c.accuracy for t, c in cells.items()}
+        lines.append(f"| {label} | " + " | ".join(text) + f" | **{average(values, TRAINED)}** | **{average(values, HELD_OUT)}** |")
+    return "\n".join(lines)
+
+
+def differences(data: dict[str, dict[str, list[dict]]], column: str) -> str:
+    lines = ["| difference | trained avg [95 % CI] | held-out avg [95 % CI] |", "|---|---|---|"]
+    pairs = [(row, "base") for row, _ in ROWS if row != "base"] + [("moore", "lora")]
+    labels = dict(ROWS)
+    for a, b in pairs:
+        if a not in data or b not in data:
+            continue
+        text = []
+        for group in (TRAINED, HELD_OUT):
+            tasks = [t for t in group if t in data[a]]
+            first = {t: [bool(x) for x in answers(data[a][t], column)] for t in tasks}
+            second = {t: [bool(x) for x in answers(data[b][t], column)] for t in tasks}
+            d = paired_bootstrap(first, second)
+            text.append(f"{d.value:+.1f} [{d.low:+.1f}, {d.high:+.1f}]")
+        lines.append(f"| {labels[a]} − {labels[b].split(' (')[0]} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def prediction_shares(data: dict[str, dict[str, list[dict]]]) -> str:
+    tasks = [t for t in (*TRAINED, *HELD_OUT) if t in data["base"]]
+    lines = ["| row | " + " | ".join(tasks) + " |", "|---" + "|---:" * len(tasks) + "|"]
+    for row, label in ROWS:
+        if row in data:
+            shares = [
+                f"{top_prediction_share([r['pred'] for r in data[row][t]]):.0f} / {top_prediction_share([r['letter_pred'] for r in data[row][t]]):.0f}"
+                for t in tasks
+            ]
+            lines.append(f"| {label} | " + " | ".join(shares) + " |")
+    return "\n".join(lines)
+
+
+def fidelity_table(results: Path) -> str:
+    lines = ["| row | items | log-likelihoods | missing | max abs diff | mean abs diff | same cloze answer | same letter answer |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row, label in ROWS:
+        path = results / f"fidelity-{row}.jsonl"
         if not path.is_file():
             continue
-        tasks = json.loads(path.read_text())["tasks"]
-        acc = {task: tasks[task]["served_accuracy"] for task in (*TRAINED, *HELD_OUT) if task in tasks}
-        trained = sum(acc[t] for t in TRAINED) / len(TRAINED)
-        held = sum(acc[t] for t in HELD_OUT) / len(HELD_OUT)
-        cells = [f"{acc[t]:.1f}" for t in TRAINED] + [f"**{trained:.1f}**"] + [f"{acc[t]:.1f}" for t in HELD_OUT] + [f"**{held:.1f}**"]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        check = out / f"fidelity-{row}.json"
-        if check.is_file():
-            total = json.loads(check.read_text())["tasks"]["all"]
-            fidelity.append(
-                f"| {label} | {total['n']} | {total['served_accuracy']:.1f} | {total['reference_accuracy']:.1f} | {total['same_answer_percent']:.1f} % |"
-            )
-    print("\n".join(lines) + "\n\n" + "\n".join(fidelity))
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        s = fidelity_summary(records)
+        same = 100.0 * sum(r["same_pred"] for r in records) / len(records)
+        same_letter = 100.0 * sum(r["same_letter_pred"] for r in records) / len(records)
+        lines.append(
+            f"| {label} | {s['items']} | {s['values']} | {s['missing']} | {s['max_abs_diff']:.2e} | {s['mean_abs_diff']:.2e} | "
+            f"{same:.1f} % | {same_letter:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
+def main(results: Path) -> None:
+    data = {row: load(results / f"eval-{row}.jsonl") for row, _ in ROWS if (results / f"eval-{row}.jsonl").is_file()}
+    if "base" not in data:
+        raise SystemExit(f"{results}/eval-base.jsonl is missing")
+    for column, title in (("cloze", "choice log-likelihood (lm-eval `acc`)"), ("letter", "label-token argmax in MoORE's lettered prompt")):
+        print(f"### Accuracy, {title}\n\n{accuracy_table(data, column)}\n\n{differences(data, column)}\n")
+    print(f"### Share of the most frequent prediction (cloze / letter), percent\n\n{prediction_shares(data)}\n")
+    print(f"### Fidelity: served against reference log-likelihoods\n\n{fidelity_table(results)}")
 
 
 if __name__ == "__main__":

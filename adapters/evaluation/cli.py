@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,11 @@ from adapters.training.examples import TrainingInputError
 _SET_NAME = "evaluated"
 
 
+class Scoring(str, enum.Enum):
+    loglikelihood = "loglikelihood"
+    top5 = "top5"
+
+
 def eval_command(
     base_model: Annotated[Path, typer.Option("--base-model", help="Base model folder: its tokenizer (and the reference's base).")],
     model: Annotated[str, typer.Option(help="The `model` tag to send; '{task}' is replaced by the (routed) task, e.g. 'csr/{task}'.")],
@@ -27,10 +33,26 @@ def eval_command(
     reference: Annotated[bool, typer.Option("--reference", help="Also score with the PyTorch reference (fp32) and report agreement.")] = False,
     set_dir: Annotated[Path | None, typer.Option(help="Reference: the adapter set folder behind the tag (none: the base model).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Reference: SVD factor cache (default ~/.cache/orthoserve/svd).")] = None,
-    json_out: Annotated[Path | None, typer.Option(help="Write per-item predictions and the summary here.")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="top5: write per-item predictions and the summary here.")] = None,
+    scoring: Annotated[Scoring, typer.Option(help="loglikelihood: lm-eval's choice log-likelihoods plus the label-token argmax; top5: the old first-token rule.")] = Scoring.loglikelihood,
+    task_limit: Annotated[list[str] | None, typer.Option("--task-limit", help="TASK=N: first N items of that task (repeatable; overrides --limit).")] = None,
+    set_name: Annotated[str | None, typer.Option(help="loglikelihood: the `set` field of the JSONL lines (default: the tag before '/').")] = None,
+    jsonl_out: Annotated[Path | None, typer.Option(help="loglikelihood: one JSON line per item (set, task, id, gold, pred, correct, loglikelihoods, ...).")] = None,
+    fidelity_limit: Annotated[int, typer.Option(help="loglikelihood --reference: reference scores of the first N items per task.")] = 100,
+    fidelity_out: Annotated[Path | None, typer.Option(help="loglikelihood --reference: served and reference log-likelihoods per item (JSONL).")] = None,
 ) -> None:
-    """Score CSR validation sets through the server (greedy, the task tag in `model`) and/or the reference."""
+    """Score validation sets through the server (the task tag in `model`) and/or the PyTorch reference."""
     from transformers import AutoTokenizer
+
+    if scoring is Scoring.loglikelihood:
+        from adapters.evaluation.loglikelihood_cli import run_loglikelihood
+
+        run_loglikelihood(
+            base_model=base_model, model=model, tasks=_split(tasks) or [], limit=limit, task_limits=task_limit or [],
+            routes=route_task or [], base_url=base_url, reference=reference, set_dir=set_dir, cache_dir=cache_dir,
+            set_name=set_name, jsonl_out=jsonl_out, fidelity_limit=fidelity_limit, fidelity_out=fidelity_out,
+        )  # fmt: skip
+        return
 
     try:
         routes = _routes(route_task or [])

@@ -2,7 +2,8 @@
 
 - **cloze** (how lm-evaluation-harness scores these tasks): a context and one continuation per choice
   (the choice text after a space); the answer is the choice with the highest summed log-likelihood.
-  The contexts follow lm-eval's task YAMLs (arc_easy, piqa, social_iqa, openbookqa, sciq, copa).
+  The contexts follow lm-eval's task YAMLs (arc_easy, piqa, social_iqa, openbookqa, sciq, copa), except
+  that SciQ is asked without its support paragraph.
 - **letter** (MoORE's CSR format, `adapters.training.csr`): the question with lettered choices, the
   answer one label token; scored by the argmax over the task's label tokens only.
 
@@ -54,8 +55,9 @@ def _obqa(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 
 def _sciq(row: dict[str, Any]) -> tuple[str, list[str], int]:
+    # lm-eval puts the support paragraph before the question; without it SciQ tests knowledge, not reading.
     choices = [row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]]
-    return f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:", choices, 3
+    return f"Question: {row['question']}\nAnswer:", choices, 3
 
 
 def _copa(row: dict[str, Any]) -> tuple[str, list[str], int]:

@@ -92,3 +92,53 @@ def score_pairs_over_http(
             done += count
             progress(done)
     return results
+
+
+@dataclass(frozen=True)
+class LabelQuery:
+    """The log-probabilities of a few given tokens (the labels) at the first position after a prompt."""
+
+    model: str
+    prompt: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def label_logprobs_over_http(
+    queries: Sequence[LabelQuery],
+    tokenizer: PreTrainedTokenizerBase,
+    base_url: str,
+    *,
+    batch_size: int = 16,
+    concurrency: int = 2,
+    api_key: str = "unused",
+) -> list[list[float | None]]:
+    """Per query, the log-probability of each label token over the whole vocabulary (vLLM's
+    `logprob_token_ids`, so no top-k cut); None for a label the reply does not give."""
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=900, max_retries=2)
+    by_key: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    for index, query in enumerate(queries):
+        by_key.setdefault((query.model, query.labels), []).append(index)
+    chunks = [indices[i : i + batch_size] for indices in by_key.values() for i in range(0, len(indices), batch_size)]
+    results: list[list[float | None]] = [[None] * len(q.labels) for q in queries]
+
+    def score_chunk(chunk: list[int]) -> None:
+        first = queries[chunk[0]]
+        reply = client.completions.create(
+            model=first.model,
+            prompt=[list(queries[i].prompt) for i in chunk],
+            max_tokens=1,
+            temperature=0,
+            logprobs=len(first.labels),
+            extra_body={"logprob_token_ids": list(first.labels)},
+        )
+        names = [tokenizer.decode([token]) for token in first.labels]
+        for choice in reply.choices:
+            if not 0 <= choice.index < len(chunk):
+                continue
+            top = choice.logprobs.top_logprobs[0] if choice.logprobs and choice.logprobs.top_logprobs else None
+            values = [top.get(name) if top else None for name in names]
+            results[chunk[choice.index]] = [v if v is not None and math.isfinite(v) else None for v in values]
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(score_chunk, chunks))
+    return results
