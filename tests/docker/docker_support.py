@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -91,3 +92,73 @@ def complete_once(base_url: str) -> None:
     model = client.models.list().data[0].id
     completion = client.completions.create(model=model, prompt="hello", max_tokens=4)
     assert completion.choices[0].text is not None
+
+
+class Dockerfile:
+    """A single-stage Dockerfile, parsed: the ARGs before FROM, the base, and what the image carries."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        text = re.sub(r"\\\n", " ", path.read_text())  # line continuations
+        self.instructions: list[tuple[str, str]] = []
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keyword, _, args = line.partition(" ")
+                self.instructions.append((keyword.upper(), args.strip()))
+        keywords = [keyword for keyword, _ in self.instructions]
+        assert keywords.count("FROM") == 1, f"{path.name}: expected one stage"
+        first_from = keywords.index("FROM")
+        self.global_args = dict(_arg(args) for keyword, args in self.instructions[:first_from] if keyword == "ARG")
+        self.base = self.instructions[first_from][1]
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for k, args in self.instructions if k == keyword]
+
+    def last(self, keyword: str) -> str | None:
+        found = self.all(keyword)
+        return found[-1] if found else None
+
+    def expand(self, value: str, variables: dict[str, str]) -> str:
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), value)
+
+    def default_base(self) -> str:
+        """The FROM image with every global ARG at its default."""
+        resolved: dict[str, str] = {}
+        for name, default in self.global_args.items():
+            resolved[name] = self.expand(default, resolved)
+        return self.expand(self.base, resolved)
+
+    def env(self) -> dict[str, str]:
+        """The image's environment, ENV instructions applied in order (values unexpanded)."""
+        env: dict[str, str] = {}
+        for args in self.all("ENV"):
+            for pair in shlex.split(args):
+                name, sep, value = pair.partition("=")
+                assert sep, f"{self.path.name}: ENV {args!r} is not in KEY=VALUE form"
+                env[name] = value
+        return env
+
+    def healthcheck(self) -> tuple[dict[str, str], str]:
+        """(options, probe command) of the last HEALTHCHECK."""
+        args = self.last("HEALTHCHECK")
+        assert args, f"{self.path.name} has no HEALTHCHECK"
+        options, sep, command = args.partition(" CMD ")
+        assert sep, f"{self.path.name}: HEALTHCHECK without CMD"
+        parsed = dict(option.removeprefix("--").split("=", 1) for option in options.split())
+        return parsed, command.strip()
+
+    def apt_packages(self) -> set[str]:
+        """Packages every `apt-get install` of the RUN instructions names."""
+        packages: set[str] = set()
+        for run in self.all("RUN"):
+            for command in re.split(r"&&|;", run):
+                words = command.split()
+                if words[:2] == ["apt-get", "install"]:
+                    packages.update(w for w in words[2:] if not w.startswith("-"))
+        return packages
+
+
+def _arg(args: str) -> tuple[str, str]:
+    name, _, default = args.partition("=")
+    return name.strip(), default.strip()
