@@ -3,7 +3,8 @@
 # per-choice log-likelihoods (lm-eval's cloze scoring) and the label-token argmax of MoORE's lettered
 # prompts, one JSONL line per item; the PyTorch reference scores the first FIDELITY items per task.
 # Usage: scripts/quality_eval.sh OUT_DIR [ROW ...]    rows: base moore lora badit (default: all)
-# Environment: FIDELITY (items per task for the reference, default 100), PORT (default 8391),
+# Environment: LIMIT (first N items of every task instead of the sizes below), FIDELITY (items per task
+# for the reference, default 100), PORT (default 8391),
 # THREADS (server CPU threads, default 1); a server already on PORT (ADMIN_TOKEN, default quality) is reused.
 set -euo pipefail
 OUT=$(cd "${1:?output folder}" && pwd)
@@ -15,6 +16,7 @@ PY=${PYTHON:-.venv/bin/python}
 M=$($PY -m server.cli prepare-model)
 # Trained: ARC-Easy (all 570), PIQA and SIQA (first 500). Held out: SciQ (1,000), COPA (100), OpenBookQA (500).
 TASKS=(--tasks arc-e,piqa,siqa,sciq,copa,obqa --task-limit piqa=500 --task-limit siqa=500)
+[ -n "${LIMIT:-}" ] && TASKS=(--tasks arc-e,piqa,siqa,sciq,copa,obqa --limit "$LIMIT")
 URL=http://127.0.0.1:$PORT
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$OUT/results"
