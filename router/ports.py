@@ -10,15 +10,47 @@ from typing import Protocol
 from router.target import AdapterKind
 
 
+@dataclass(frozen=True)
+class SlotLimits:
+    """One method's engine capacity: versions in slots at once, and task rows they may take together."""
+
+    slots: int
+    task_rows: int
+
+
 class AdapterSlotBackend(Protocol):
-    """The engine side of residency (implemented by `server.engine.adapter_backend.AdapterEngineBackend`)."""
+    """The engine side of residency (implemented by `server.engine.adapter_backend.AdapterEngineBackend`).
+
+    `slot` is a set version's id, never reused for another version; the engine maps it to a bank slot
+    of the version's method while the version is in the engine."""
+
+    def slot_limits(self) -> dict[str, SlotLimits]:
+        """Per method the engine has capacity for: its slots and task rows."""
+        ...
+
+    def check_set(self, set_dir: Path) -> None:
+        """Raise AdapterCapacityExceeded when a set's shapes exceed what any slot of its method holds (blocking)."""
+        ...
 
     async def load(self, slot: int, set_dir: Path) -> int:
-        """Put one validated set version into the engine under `slot`; return the bytes it occupies."""
+        """Put one validated set version, read from its folder, into a free slot of its method; return
+        the bytes it occupies there."""
+        ...
+
+    async def evict(self, slot: int, keep_host_copy: bool) -> int:
+        """Free the version's engine slot, keeping a host copy if asked; return the copy's bytes."""
+        ...
+
+    async def restore(self, slot: int, set_dir: Path) -> int:
+        """Bring an evicted version back from its host copy into a free slot; return its bytes."""
+        ...
+
+    async def forget(self, slot: int) -> None:
+        """Drop the version's host copy."""
         ...
 
     async def unload(self, slot: int) -> object:
-        """Free `slot`; no running request uses it any more."""
+        """Drop the version from the engine and the host; no running request uses it any more."""
         ...
 
 
@@ -30,6 +62,7 @@ class SetDescription:
     tasks: tuple[str, ...]
     input_routed: bool  # True for BADIT sets that pick abilities from the input, not from a task
     nbytes: int  # bytes of the set's tensors, an estimate of its engine footprint before loading
+    task_rows: int = 0  # rows of its method's task pool it takes in an engine slot
 
 
 @dataclass(frozen=True)
@@ -55,3 +88,9 @@ class RegistryObserver(Protocol):
     def set_unloaded(self, set_name: str, kind: str, version: int) -> None: ...
 
     def set_load_failed(self, kind: str | None, code: str) -> None: ...
+
+    def swapped_in(self, kind: str, source: str, seconds: float) -> None:
+        """A version came into an engine slot from `source` (host or disk)."""
+
+    def evicted(self, kind: str, to: str) -> None:
+        """A version left its engine slot for `to` (host or disk)."""

@@ -12,12 +12,14 @@ from typing import Literal
 from router.target import AdapterKind, RouteTarget
 
 VersionState = Literal["ready", "draining", "unload_failed"]
+Residency = Literal["slot", "host", "disk", "loading", "evicting"]
 
 
 @dataclass
 class ResidentVersion:
-    """A set version in engine memory. `ready` ones are published; `draining` ones were replaced or
-    deleted and are freed when their last in-flight request ends."""
+    """A registered set version. `ready` ones are published; `draining` ones were replaced or deleted
+    and are dropped when their last in-flight request ends. `residency` says where it is now (see
+    `router.slots`): in an engine slot, a host copy, or only its folder."""
 
     name: str
     version: int
@@ -29,8 +31,16 @@ class ResidentVersion:
     nbytes: int
     load_seconds: float
     loaded_at: float  # unix time
+    task_rows: int = 0  # rows of its method's task pool it takes in a slot
+    pinned: bool = False  # never evicted
     state: VersionState = "ready"
-    in_flight: int = 0
+    residency: Residency = "disk"
+    in_flight: int = 0  # requests holding it in its slot
+    last_used: float = 0.0  # monotonic time of the last request that held it
+    host_bytes: int = 0  # its host copy's bytes, while evicted with one
+    yielding: bool = False  # gives its slot up once its requests end; new requests queue
+    waiters: int = 0  # requests waiting for it to be brought in
+    moving: asyncio.Future[None] | None = field(default=None, repr=False)  # a swap-in or eviction under way
     freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task_targets: tuple[RouteTarget, ...] = field(init=False, repr=False)
     input_target: RouteTarget = field(init=False, repr=False)
@@ -45,6 +55,10 @@ class ResidentVersion:
 
     def target(self, task_index: int | None) -> RouteTarget:
         return self.input_target if task_index is None else self.task_targets[task_index]
+
+    @property
+    def occupies_slot(self) -> bool:
+        return self.residency in ("slot", "loading", "evicting")
 
     @property
     def label(self) -> str:

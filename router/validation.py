@@ -34,6 +34,7 @@ class AdapterSetValidator:
             input_routed=structure.manifest.method().input_routed(structure.config),
             # The engine keeps the set in its own dtype: estimate the footprint at that width.
             nbytes=structure.num_elements * self._itemsize,
+            task_rows=structure.manifest.method().serving.task_rows_needed(structure.config, len(structure.manifest.tasks)),
         )
         return SetInspection(description, functools.partial(_check_contents, structure))
 

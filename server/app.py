@@ -15,6 +15,7 @@ from adapters.format import MANIFEST_FILE
 from router.paths import AdapterRoots
 from router.ports import RegistryObserver
 from router.registry import AdapterRegistry
+from router.slots import HostLimits
 from router.validation import AdapterSetValidator
 from server.admission import BASE_SET, AdmissionController, AdmissionMiddleware
 from server.api import admin, health, metrics, models, openai
@@ -131,8 +132,10 @@ async def _start_registry(settings: Settings, engine: EngineService, observer: R
         engine.served_model_name,
         roots=AdapterRoots(settings.adapter_roots),
         memory_budget=settings.adapter_memory_budget,
+        host=HostLimits(settings.max_host_sets, settings.host_memory_budget),
+        resolver_root=settings.adapter_resolver_root,
         observer=observer,
     )
     if settings.adapter_sets is not None:
-        await registry.load_directory(settings.adapter_sets, MANIFEST_FILE)
+        await registry.load_directory(settings.adapter_sets, MANIFEST_FILE, pinned=frozenset(settings.pinned_sets))
     return registry

@@ -194,6 +194,17 @@ class ServingMetrics:
             "orthoserve_adapter_set_load_failures", "Failed adapter-set loads by error code.", ("code",),
             registry=self.registry,
         )
+        self.swap_ins = Counter(
+            "orthoserve_adapter_swap_ins", "Set versions brought into an engine slot, by where from (host, disk).",
+            ("kind", "source"), registry=self.registry,
+        )
+        self.evictions = Counter(
+            "orthoserve_adapter_evictions", "Set versions evicted from an engine slot, by where to (host, disk).",
+            ("kind", "to"), registry=self.registry,
+        )
+        self.swap_in_seconds = histogram(
+            "orthoserve_adapter_swap_in_seconds", "Time to bring a set version into an engine slot.", ("kind", "source")
+        )
         self._resident: dict[str, dict[int, int]] = defaultdict(dict)  # set → version → bytes
 
     # -- requests -------------------------------------------------------------------------------
@@ -274,6 +285,13 @@ class ServingMetrics:
     def set_load_failed(self, kind: str | None, code: str) -> None:
         """Count a failed load by its error `code`; `kind` is None when validation failed before it was known."""
         self.set_load_failures.labels(code).inc()
+
+    def swapped_in(self, kind: str, source: str, seconds: float) -> None:
+        self.swap_ins.labels(kind, source).inc()
+        self.swap_in_seconds.labels(kind, source).observe(seconds)
+
+    def evicted(self, kind: str, to: str) -> None:
+        self.evictions.labels(kind, to).inc()
 
     def _publish_residency(self, set_name: str) -> None:
         versions = self._resident[set_name]

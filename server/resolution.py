@@ -1,9 +1,11 @@
 """Resolution of a request's `model` (and optional `task`) to what the engine runs.
 
 Every request is resolved by exactly one call, `TargetResolver.acquire`, made by the engine service.
-The lease it returns holds the resolved adapter-set version in memory until the request ends. The
-served app resolves through the adapter registry (`router.registry.AdapterRegistry`); an engine
-service built without one serves the base model only.
+The lease it returns holds the resolved adapter-set version in an engine slot until the request ends
+(the call waits while the version is brought in). `resolve` answers the same question without
+holding anything, for requests that run no generation. The served app resolves through the adapter
+registry (`router.registry.AdapterRegistry`); an engine service built without one serves the base
+model only.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from typing import Protocol
 
 from router.errors import ModelNotFound, TaskTagInvalid
 from router.resident import Lease
-from router.target import BASE_TARGET
+from router.target import BASE_TARGET, RouteTarget
 
 
 class TargetResolver(Protocol):
-    def acquire(self, model: str, task: str | None) -> Lease:
+    async def acquire(self, model: str, task: str | None) -> Lease:
         """The target of a request, held until the lease is released, or a domain error."""
+        ...
+
+    def resolve(self, model: str, task: str | None) -> RouteTarget:
+        """The target a tag names, or its domain error; nothing is held."""
         ...
 
 
@@ -27,9 +33,12 @@ class BaseModelResolver:
     def __init__(self, served_model_name: str) -> None:
         self.served_model_name = served_model_name
 
-    def acquire(self, model: str, task: str | None) -> Lease:
+    async def acquire(self, model: str, task: str | None) -> Lease:
+        return Lease(self.resolve(model, task))
+
+    def resolve(self, model: str, task: str | None) -> RouteTarget:
         if model != self.served_model_name:
             raise ModelNotFound(model)
         if task is not None:
             raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
-        return Lease(BASE_TARGET)
+        return BASE_TARGET

@@ -109,7 +109,30 @@ class Settings(BaseSettings):
     adapter_memory_budget: int | None = Field(
         default=None,
         ge=0,
-        description="Bytes of engine memory resident adapter sets may occupy; a load that does not fit is refused.",
+        description="Bytes of engine memory the adapter sets in engine slots may occupy; idle sets are evicted to "
+        "make room, and a set larger than the whole budget is refused.",
+    )
+    max_host_sets: int | None = Field(
+        default=None,
+        ge=0,
+        description="Evicted adapter sets kept as host copies (bringing one back is a copy); past it the least "
+        "recently used are read from their folders again. Unset: no limit; 0: no host copies.",
+    )
+    host_memory_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes the host copies of evicted adapter sets may occupy, least recently used dropped first. "
+        "Unset: no limit.",
+    )
+    pinned_sets: list[str] = Field(
+        default_factory=list,
+        description="Adapter sets (by name) that stay in engine slots and are never evicted (repeatable); "
+        "applies to --adapter-sets at start.",
+    )
+    adapter_resolver_root: Path | None = Field(
+        default=None,
+        description="Folder of adapter sets registered on first request: a request for an unknown set whose "
+        "folder of that name exists here is validated, registered and served.",
     )
     enforce_eager: bool = Field(
         default=True,

@@ -38,6 +38,8 @@ def resolve_serving_settings(settings: Settings, model_dir: Path) -> Settings:
     for root in settings.adapter_roots:
         if not root.is_dir():
             raise StartupError(f"--adapter-root {root} is not a directory.")
+    if settings.adapter_resolver_root is not None and not settings.adapter_resolver_root.is_dir():
+        raise StartupError(f"--adapter-resolver-root {settings.adapter_resolver_root} is not a directory.")
     return settings.model_copy(update={"max_model_len": max_model_len})
 
 

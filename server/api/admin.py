@@ -40,6 +40,7 @@ class LoadAdapterSetRequest(BaseModel):
     replace: bool = Field(
         default=False, description="Publish a new version of an already loaded set under the same name."
     )
+    pin: bool = Field(default=False, description="Keep the set in an engine slot: never evicted.")
 
 
 class AdapterSetInfo(BaseModel):
@@ -54,6 +55,9 @@ class AdapterSetInfo(BaseModel):
     load_seconds: float
     loaded_at: int
     state: str
+    tier: str = Field(description="Where the version is: slot (in the engine), host (an evicted host copy), disk, "
+                      "loading or evicting.")
+    pinned: bool
     in_flight: int
 
     @classmethod
@@ -69,6 +73,8 @@ class AdapterSetInfo(BaseModel):
             load_seconds=round(entry.load_seconds, 4),
             loaded_at=int(entry.loaded_at),
             state=entry.state,
+            tier=entry.residency,
+            pinned=entry.pinned,
             in_flight=entry.in_flight,
         )
 
@@ -76,13 +82,14 @@ class AdapterSetInfo(BaseModel):
 class AdapterSetList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterSetInfo]
-    used_bytes: int
+    used_bytes: int = Field(description="Engine bytes of the sets in slots.")
     budget_bytes: int | None
+    host_bytes: int = Field(description="Bytes of the host copies of evicted sets.")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def load_adapter_set(body: LoadAdapterSetRequest, registry: RegistryDep) -> AdapterSetInfo:
-    return AdapterSetInfo.of(await registry.load(body.name, body.path, replace=body.replace))
+    return AdapterSetInfo.of(await registry.load(body.name, body.path, replace=body.replace, pin=body.pin))
 
 
 @router.get("")
@@ -91,6 +98,7 @@ async def list_adapter_sets(registry: RegistryDep) -> AdapterSetList:
         data=[AdapterSetInfo.of(entry) for entry in registry.resident()],
         used_bytes=registry.used_bytes,
         budget_bytes=registry.memory_budget,
+        host_bytes=registry.slots.host_bytes,
     )
 
 

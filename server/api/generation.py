@@ -46,7 +46,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
     except InvalidRequest as exc:
         engine.lifecycle.reject(endpoint, exc)
         raise
-    scope = engine.open_request(endpoint, body.model, task, bool(getattr(body, "stream", False)))
+    scope = await until_disconnected(http, engine.open_request(endpoint, body.model, task, bool(getattr(body, "stream", False))))
     try:
         with scope.active():
             result = await until_disconnected(http, call(body, http))

@@ -26,6 +26,7 @@ from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
+from router.ports import SlotLimits
 from router.step_routing import RequestRoute
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
@@ -67,29 +68,38 @@ class AdapterEngineBackend:
         self._engine = engine
         self._factors = FactorsFolder(base, svd_cache_dir)
         self._capacity = capacity
-        self._kinds: dict[int, str] = {}  # kind of every slot loaded or loading
+
+    def slot_limits(self) -> dict[str, SlotLimits]:
+        return self._capacity.slot_limits()
+
+    def check_set(self, set_dir: Path) -> None:
+        self._capacity.check_limits(read_manifest(set_dir))
 
     async def load(self, slot: int, set_dir: Path) -> int:
-        manifest = read_manifest(set_dir)
-        self._capacity.check_fits(manifest, sum(kind == manifest.kind for kind in self._kinds.values()))
-        self._kinds[slot] = manifest.kind
-        try:
-            args = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, manifest)
-            per_rank = await self._engine.collective_rpc("orthoserve_load_slot", args=args)
-            failures = [result["error"] for result in per_rank if "error" in result]
-            if failures:
-                # Some rank failed: the others may hold the set. Drop it everywhere, then report.
-                await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
-                raise AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
-            return max(result["bytes"] for result in per_rank)  # bytes on the most loaded rank
-        except BaseException:
-            self._kinds.pop(slot, None)
-            raise
+        args = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, read_manifest(set_dir))
+        return await self._into_slot("orthoserve_load_slot", args)
+
+    async def restore(self, slot: int, set_dir: Path) -> int:
+        _, _, factors_dir = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, read_manifest(set_dir))
+        return await self._into_slot("orthoserve_restore_slot", (slot, factors_dir))
+
+    async def _into_slot(self, method: str, args: tuple) -> int:
+        per_rank = await self._engine.collective_rpc(method, args=args)
+        failures = [result["error"] for result in per_rank if "error" in result]
+        if failures:
+            # Some rank failed: the others may hold the set. Drop it everywhere, then report.
+            await self._engine.collective_rpc("orthoserve_unload_slot", args=(args[0],))
+            raise AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
+        return max(result["bytes"] for result in per_rank)  # bytes on the most loaded rank
+
+    async def evict(self, slot: int, keep_host_copy: bool) -> int:
+        return max(await self._engine.collective_rpc("orthoserve_evict_slot", args=(slot, keep_host_copy)))
+
+    async def forget(self, slot: int) -> None:
+        await self._engine.collective_rpc("orthoserve_forget_slot", args=(slot,))
 
     async def unload(self, slot: int) -> int:
-        freed = await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
-        self._kinds.pop(slot, None)
-        return max(freed)
+        return max(await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,)))
 
     async def resident_bytes(self) -> dict[str, int]:
         return (await self._engine.collective_rpc("orthoserve_resident_bytes"))[0]

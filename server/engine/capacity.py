@@ -14,6 +14,7 @@ from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.serving.bank import BankDtype, MethodCapacity, compute_dtype
 from router.errors import AdapterCapacityExceeded
+from router.ports import SlotLimits
 from server.engine import vllm_compat as vc
 from server.engine.adapted_linear import ADAPTED_LINEAR_OP
 from server.settings import Settings
@@ -57,22 +58,20 @@ class AdapterCapacity:
             options["max_num_batched_tokens"] = max(max_model_len, _MIN_BATCHED_TOKENS)
         return options
 
-    def check_fits(self, manifest: Manifest, resident_of_kind: int) -> None:
-        """Raise AdapterCapacityExceeded naming the limit a set of `manifest` would exceed."""
+    def slot_limits(self) -> dict[str, SlotLimits]:
+        """Per method: versions in engine slots at once (its capacity), and the task rows they share."""
+        return {kind: SlotLimits(c.max_sets, getattr(c, "max_tasks", 0)) for kind, c in self.methods.items()}
+
+    def check_limits(self, manifest: Manifest) -> None:
+        """Raise AdapterCapacityExceeded naming the limit a set of `manifest` exceeds in any slot."""
         kind = manifest.kind
         capacity = self.methods.get(kind)
         if capacity is None:
             raise AdapterCapacityExceeded(f"This server was started without capacity for {kind} sets.")
-        if resident_of_kind >= capacity.max_sets:
-            raise AdapterCapacityExceeded(
-                f"All {capacity.max_sets} {kind} slots are in use (max_{kind}_sets = {capacity.max_sets}); "
-                "unload a set or start the server with more."
-            )
         config = manifest.method_config()
         for limit, needed, allowed in get_method(kind).serving.capacity_limits(capacity, config, len(manifest.tasks)):
             if needed > allowed:
                 raise AdapterCapacityExceeded(f"The {kind} set needs {limit} = {needed}; this server allows {allowed}.")
-
 
     def adapter_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """Dtype the engine keeps adapter weights in (what a set's footprint is estimated at)."""
@@ -82,7 +81,7 @@ class AdapterCapacity:
 def capacity_from_settings(settings: Settings) -> AdapterCapacity:
     """Capacity for the methods in `adapter_kinds`, when the server can load sets at all (an admin
     API or start-up sets); otherwise none, and the engine is the stock model."""
-    if not (settings.admin_token or settings.adapter_sets):
+    if not (settings.admin_token or settings.adapter_sets or settings.adapter_resolver_root):
         return AdapterCapacity({}, settings.adapter_dtype)
     fields = {}
     for kind in settings.adapter_kinds:

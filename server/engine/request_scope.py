@@ -113,10 +113,7 @@ class RequestScope:
 
     def fail(self, error: BaseException) -> None:
         """End the request with the outcome `error` stands for."""
-        if isinstance(error, (ClientDisconnected, asyncio.CancelledError, GeneratorExit)):
-            self.finish("cancelled", error)
-        else:
-            self.finish("client_error" if is_client_error(error) else "server_error", error)
+        self.finish(outcome_of(error), error)
 
     def end_stream(self) -> None:
         """End a stream that ran to its end: ok, unless an engine request failed inside it."""
@@ -143,3 +140,10 @@ class RoutedEngineClient:
             raise OutsideRequestScope(f"engine request {request_id} was made outside any API request")
         routed = scope.route(prompt, sampling_params)
         return scope.observe(self._engine.generate(routed, sampling_params, request_id, **kwargs))
+
+
+def outcome_of(error: BaseException) -> Outcome:
+    """The outcome of a request that ended with `error`."""
+    if isinstance(error, (ClientDisconnected, asyncio.CancelledError, GeneratorExit)):
+        return "cancelled"
+    return "client_error" if is_client_error(error) else "server_error"

@@ -17,8 +17,8 @@ from server.engine import vllm_compat as vc
 from server.engine import vllm_internals as vi
 from server.engine.adapter_backend import model_context_length, request_routing
 from server.engine.capacity import AdapterCapacity, capacity_from_settings
-from server.engine.request_scope import RequestScope, RoutedEngineClient, current_tag
-from server.errors import EngineUnavailable, is_client_error
+from server.engine.request_scope import RequestScope, RoutedEngineClient, current_tag, outcome_of
+from server.errors import EngineUnavailable
 from server.lifecycle import Endpoint, RequestLifecycle
 from server.resolution import BaseModelResolver, TargetResolver
 from server.settings import Settings, export_environment
@@ -117,21 +117,22 @@ class EngineService:
 
     # --- requests --------------------------------------------------------------------------------
 
-    def open_request(self, endpoint: Endpoint, model: str | None, task: str | None, stream: bool) -> RequestScope:
-        """Resolve a request's tag and hold its target until the scope ends; a bad tag raises its domain error.
+    async def open_request(self, endpoint: Endpoint, model: str | None, task: str | None, stream: bool) -> RequestScope:
+        """Resolve a request's tag and hold its target until the scope ends (waiting while its set is
+        brought into an engine slot); a bad tag raises its domain error.
 
         A request without `model` is a base-model request, as in vLLM.
         """
         model = model or self.served_model_name
         record = self.lifecycle.arrive(f"{endpoint}-{uuid.uuid4().hex}", endpoint, model, stream)
         try:
-            lease = self.resolver.acquire(model, task)
-        except Exception as exc:
-            self.lifecycle.finish(record, "client_error" if is_client_error(exc) else "server_error", exc)
+            lease = await self.resolver.acquire(model, task)
+        except BaseException as exc:
+            self.lifecycle.finish(record, outcome_of(exc), exc)
             raise
         record.target = lease.target
         return RequestScope(model, lease, request_routing(lease.target), record, self.lifecycle)
 
     def check_model(self, model: str | None, task: str | None) -> None:
         """Raise the domain error of a tag that does not resolve (for requests that run no generation)."""
-        self.resolver.acquire(model or self.served_model_name, task).release()
+        self.resolver.resolve(model or self.served_model_name, task)

@@ -47,12 +47,19 @@ def startup_sets_dir(tmp_path_factory: pytest.TempPathFactory, tiny_base: BaseMo
 
 
 @pytest.fixture(scope="session")
-def adapter_server_args(adapter_root: Path, startup_sets_dir: Path) -> list[str]:
+def resolver_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's `--adapter-resolver-root`: a set folder written here is served on first request."""
+    return tmp_path_factory.mktemp("resolver-root")
+
+
+@pytest.fixture(scope="session")
+def adapter_server_args(adapter_root: Path, startup_sets_dir: Path, resolver_root: Path) -> list[str]:
     return [
         "--adapter-root", str(adapter_root),
         "--adapter-sets", str(startup_sets_dir),
         "--adapter-memory-budget", str(ADAPTER_MEMORY_BUDGET),
-        "--max-adapter-sets", "8",  # room for versions that drain while tests replace sets
+        "--adapter-resolver-root", str(resolver_root),
+        "--max-adapter-sets", "8",  # engine slots per method; more sets than that are swapped in on demand
     ]  # fmt: skip
 
 
@@ -73,8 +80,9 @@ class AdminClient:
         self.http = http
         self.loaded: set[str] = set()
 
-    def load(self, name: str, path: Path | str, *, replace: bool = False, expect: int = 201) -> dict:
-        response = self.http.post("/v1/adapter-sets", json={"name": name, "path": str(path), "replace": replace})
+    def load(self, name: str, path: Path | str, *, replace: bool = False, pin: bool = False, expect: int = 201) -> dict:
+        body = {"name": name, "path": str(path), "replace": replace, "pin": pin}
+        response = self.http.post("/v1/adapter-sets", json=body)
         assert response.status_code == expect, response.text
         if response.status_code == 201:
             self.loaded.add(name)

@@ -1,4 +1,4 @@
-"""Registry logic (versions, leases, draining, budgets, exclusivity) over an in-memory slot store.
+"""Registry logic (versions, leases, draining, budgets, exclusivity, engine slots) over an in-memory slot store.
 
 The engine is not under test here; tests/server/test_admin*.py run the same paths on the real engine.
 """
@@ -6,22 +6,27 @@ The engine is not under test here; tests/server/test_admin*.py run the same path
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from pathlib import Path
 
 import pytest
 
 from router.errors import (
+    AdapterCapacityExceeded,
     AdapterSetBusy,
     AdapterSetExists,
     ModelNotFound,
     MemoryBudgetExceeded,
+    PathNotAllowed,
     TaskNotFound,
     TaskRequired,
     TaskTagInvalid,
 )
 from router.paths import AdapterRoots
-from router.ports import SetDescription, SetInspection
+from router.ports import SetDescription, SetInspection, SlotLimits
 from router.registry import AdapterRegistry
+from router.slots import HostLimits
 
 pytestmark = pytest.mark.anyio
 
@@ -37,24 +42,61 @@ class InvalidSet(Exception):
 
 
 class MemorySlots:
-    """Slot store kept in a dict; `gate` lets a test hold a load half-way."""
+    """Slot store kept in dicts (engine slots, host copies); `gate` lets a test hold a load half-way.
+    `limits` are the engine's slots per kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots_per_kind: int = 8) -> None:
         self.slots: dict[int, int] = {}
+        self.host: dict[int, int] = {}
+        self.limits = {kind: SlotLimits(slots_per_kind, 16) for kind in ("moore", "badit", "lora")}
         self.gate: asyncio.Event | None = None
         self.fail_next = False
+        self.moves: list[tuple[str, int]] = []
+        self.delay: random.Random | None = None  # when set, every engine call takes a random few ms
+
+    async def _engine_time(self) -> None:
+        if self.delay is not None:
+            await asyncio.sleep(self.delay.random() * 0.003)
+
+    def slot_limits(self) -> dict[str, SlotLimits]:
+        return self.limits
+
+    def check_set(self, set_dir: Path) -> None:
+        pass
 
     async def load(self, slot: int, set_dir: Path) -> int:
+        await self._engine_time()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("engine refused")
         self.slots[slot] = 1000
+        self.moves.append(("load", slot))
         return 1000
 
-    async def unload(self, slot: int) -> None:
+    async def evict(self, slot: int, keep_host_copy: bool) -> int:
+        await self._engine_time()
         del self.slots[slot]
+        self.moves.append(("evict", slot))
+        if keep_host_copy:
+            self.host[slot] = 400
+        return 400 if keep_host_copy else 0
+
+    async def restore(self, slot: int, set_dir: Path) -> int:
+        await self._engine_time()
+        del self.host[slot]
+        self.slots[slot] = 1000
+        self.moves.append(("restore", slot))
+        return 1000
+
+    async def forget(self, slot: int) -> None:
+        del self.host[slot]
+
+    async def unload(self, slot: int) -> None:
+        await self._engine_time()
+        if self.slots.pop(slot, None) is None:
+            del self.host[slot]
 
 
 class Events:
@@ -69,6 +111,12 @@ class Events:
 
     def set_load_failed(self, kind, code):
         self.log.append(("failed", kind, code))
+
+    def swapped_in(self, kind, source, seconds):
+        self.log.append(("swapped_in", kind, source))
+
+    def evicted(self, kind, to):
+        self.log.append(("evicted", kind, to))
 
 
 class Validator:
@@ -109,41 +157,49 @@ def parts(tmp_path):
     return registry, backend, events, tmp_path
 
 
+def two_slot_registry(tmp_path, names, **options):
+    backend, events = MemorySlots(slots_per_kind=2), Events()
+    for name in names:
+        (tmp_path / name).mkdir(exist_ok=True)
+    registry = AdapterRegistry(backend, Validator(), BASE, roots=AdapterRoots([tmp_path]), observer=events, **options)
+    return registry, backend, events
+
+
 async def test_resolution_forms(parts):
     registry, *_ = parts
     await registry.load("mtl", "mtl")
     await registry.load("routed", "routed")
     await registry.load("single", "single")
-    with registry.acquire(BASE) as target:
+    with await registry.acquire(BASE) as target:
         assert target.is_base
-    with registry.acquire("mtl/piqa") as target:
+    with await registry.acquire("mtl/piqa") as target:
         assert (target.set_name, target.version, target.task, target.task_index) == ("mtl", 1, "piqa", 1)
-    with registry.acquire("mtl", "boolq") as target:
+    with await registry.acquire("mtl", "boolq") as target:
         assert target.task_index == 0 and target.version_header == "mtl@1"
-    with registry.acquire("routed") as target:
+    with await registry.acquire("routed") as target:
         assert target.kind == "badit" and target.task is None and not target.is_base
-    with registry.acquire("single") as target:
+    with await registry.acquire("single") as target:
         assert target.task == "chat"
     with pytest.raises(ModelNotFound):
-        registry.acquire("nope/boolq")
+        await registry.acquire("nope/boolq")
     with pytest.raises(TaskNotFound):
-        registry.acquire("mtl/siqa")
+        await registry.acquire("mtl/siqa")
     with pytest.raises(TaskRequired):
-        registry.acquire("mtl")
+        await registry.acquire("mtl")
     with pytest.raises(TaskTagInvalid):
-        registry.acquire(BASE, "boolq")
+        await registry.acquire(BASE, "boolq")
     assert all(entry.in_flight == 0 for entry in registry.published())
 
 
 async def test_replace_keeps_running_requests_on_their_version(parts):
     registry, backend, events, _ = parts
     first = await registry.load("mtl", "mtl")
-    lease = registry.acquire("mtl/boolq")
+    lease = await registry.acquire("mtl/boolq")
     second = await registry.load("mtl", "mtl2", replace=True)
     assert (first.version, second.version) == (1, 2)
     assert lease.target.slot == first.slot and first.state == "draining"
     assert first.slot in backend.slots, "a version in use must stay loaded"
-    with registry.acquire("mtl/boolq") as target:
+    with await registry.acquire("mtl/boolq") as target:
         assert target.version == 2
     lease.release()
     lease.release()  # idempotent
@@ -163,11 +219,11 @@ async def test_replace_of_idle_version_frees_it_before_returning(parts):
 async def test_unload_drains_then_frees(parts):
     registry, backend, *_ = parts
     entry = await registry.load("mtl", "mtl")
-    lease = registry.acquire("mtl/piqa")
+    lease = await registry.acquire("mtl/piqa")
     returned = await registry.unload("mtl")
     assert returned.state == "draining" and entry.slot in backend.slots
     with pytest.raises(ModelNotFound):
-        registry.acquire("mtl/piqa")
+        await registry.acquire("mtl/piqa")
     waiter = asyncio.ensure_future(registry.unload("mtl", wait=True))
     await asyncio.sleep(0)
     assert waiter.done() and isinstance(waiter.exception(), ModelNotFound)
@@ -225,21 +281,25 @@ async def test_bad_contents_found_while_the_engine_loads_leave_no_state(parts):
     assert backend.slots == {}
 
 
-async def test_memory_budget(parts):
+async def test_memory_budget_evicts_idle_sets(parts):
     registry, backend, *_ = parts
-    registry.memory_budget = 1500
-    await registry.load("mtl", "mtl")
+    registry.slots.memory_budget = 1500
+    mtl = await registry.load("mtl", "mtl")
+    other = await registry.load("other", "mtl2")  # no room without evicting: registered on disk
+    assert (mtl.residency, other.residency) == ("slot", "disk") and set(backend.slots) == {mtl.slot}
+    async with await registry.acquire("other/boolq"):  # fits once mtl, which nothing holds, is evicted
+        assert (mtl.residency, other.residency) == ("host", "slot")
+        assert registry.used_bytes == 1000
+    registry.slots.memory_budget = 800  # smaller than any set: nothing new can ever enter a slot
     with pytest.raises(MemoryBudgetExceeded) as refused:
-        await registry.load("other", "mtl2")
-    assert (refused.value.needed, refused.value.used, refused.value.budget) == (900, 1000, 1500)
-    assert len(backend.slots) == 1
-    await registry.unload("mtl")
-    await registry.load("other", "mtl2")
+        await registry.load("routed", "routed")
+    assert (refused.value.needed, refused.value.budget) == (900, 800)
+    assert [e.name for e in registry.published()] == ["mtl", "other"]
 
 
 async def test_budget_checks_real_size_after_load(parts):
     registry, backend, *_ = parts
-    registry.memory_budget = 950  # the estimate (900) fits, the engine's 1000 bytes do not
+    registry.slots.memory_budget = 950  # the estimate (900) fits, the engine's 1000 bytes do not
     with pytest.raises(MemoryBudgetExceeded):
         await registry.load("mtl", "mtl")
     assert backend.slots == {} and registry.resident() == []
@@ -271,13 +331,150 @@ async def test_lease_released_on_error_only(parts):
     registry, *_ = parts
     [entry] = [await registry.load("mtl", "mtl")]
     with pytest.raises(ValueError):
-        with registry.acquire("mtl/boolq").released_on_error():
+        with (await registry.acquire("mtl/boolq")).released_on_error():
             raise ValueError("tokenizer refused the prompt")
     assert entry.in_flight == 0
-    lease = registry.acquire("mtl/boolq")
+    lease = await registry.acquire("mtl/boolq")
     with lease.released_on_error() as target:
         assert target.task == "boolq"
     assert entry.in_flight == 1
     async with lease:
         pass
     assert entry.in_flight == 0
+
+
+# -- more sets than engine slots ------------------------------------------------------------------
+
+
+async def test_more_sets_than_slots_all_serve_least_recently_used_evicted_first(tmp_path):
+    registry, backend, events = two_slot_registry(tmp_path, ["a", "b", "c", "d"])
+    entries = {name: await registry.load(name, name) for name in "abcd"}
+    assert [entries[n].residency for n in "abcd"] == ["slot", "slot", "disk", "disk"]
+    async with await registry.acquire("a/boolq"):
+        pass
+    async with await registry.acquire("c/boolq") as target:  # b is the least recently used
+        assert target.set_name == "c" and entries["c"].residency == "slot"
+    assert entries["b"].residency == "host" and entries["a"].residency == "slot"
+    async with await registry.acquire("b/piqa"):  # back from its host copy
+        assert ("restore", entries["b"].slot) in backend.moves
+    assert len(backend.slots) == 2
+    assert ("evicted", "moore", "host") in events.log and ("swapped_in", "moore", "host") in events.log
+
+
+async def test_a_held_set_is_never_evicted_and_waiters_get_the_slot(tmp_path):
+    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
+    for name in "abc":
+        await registry.load(name, name)
+    held_a = await registry.acquire("a/boolq")
+    held_b = await registry.acquire("b/boolq")
+    waiting = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and set(backend.slots) == {held_a.target.slot, held_b.target.slot}
+    held_b.release()
+    lease = await asyncio.wait_for(waiting, 1)
+    assert lease.target.set_name == "c" and held_a.target.slot in backend.slots
+    lease.release()
+    held_a.release()
+
+
+async def test_a_waiter_makes_a_busy_set_yield(tmp_path):
+    """A set that always has requests running cannot keep its slot from a waiting set forever."""
+    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
+    for name in "abc":
+        await registry.load(name, name)
+    a1, b1 = await registry.acquire("a/boolq"), await registry.acquire("b/boolq")
+    c = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.01)
+    a2 = asyncio.ensure_future(registry.acquire("a/boolq"))  # a yields: new requests for it queue
+    await asyncio.sleep(0.01)
+    assert not c.done() and not a2.done()
+    a1.release()
+    lease_c = await asyncio.wait_for(c, 1)
+    assert lease_c.target.set_name == "c"
+    b1.release()
+    lease_a = await asyncio.wait_for(a2, 1)  # b was idle: a comes back in its place
+    assert lease_a.target.set_name == "a" and len(backend.slots) == 2
+    lease_a.release()
+    lease_c.release()
+
+
+async def test_pinned_sets_stay_and_host_limits_send_copies_to_disk(tmp_path):
+    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c", "d"], host=HostLimits(max_sets=1))
+    pinned = await registry.load("a", "a", pin=True)
+    for name in "bcd":
+        await registry.load(name, name)
+    for name in "bcdbcd":
+        async with await registry.acquire(f"{name}/boolq"):
+            pass
+    assert pinned.residency == "slot" and pinned.slot in backend.slots
+    assert len(backend.host) == 1
+    assert sorted(e.residency for e in registry.resident()) == ["disk", "host", "slot", "slot"]
+    with pytest.raises(AdapterCapacityExceeded):
+        await registry.load("e", "b", pin=True) and await registry.load("f", "b", pin=True)
+
+
+async def test_a_version_replaced_while_waiting_resolves_again(tmp_path):
+    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
+    for name in "abc":
+        await registry.load(name, name)
+    held = [await registry.acquire("a/boolq"), await registry.acquire("b/boolq")]
+    waiting = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.01)
+    await registry.load("c", "c", replace=True)  # the new version waits on disk too
+    held[0].release()
+    lease = await asyncio.wait_for(waiting, 1)
+    assert lease.target.version == 2
+    lease.release()
+    held[1].release()
+
+
+async def test_resolver_registers_a_folder_on_first_request(tmp_path):
+    root = tmp_path / "resolved"
+    for name in ("mtl", "broken"):
+        (root / name).mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "escape").symlink_to(tmp_path / "outside")
+    registry, backend, _ = two_slot_registry(tmp_path, [], resolver_root=root)
+    first, second = await asyncio.gather(registry.acquire("mtl/boolq"), registry.acquire("mtl/piqa"))
+    assert first.target.version == second.target.version == 1 and len(backend.slots) == 1
+    with pytest.raises(InvalidSet):
+        await registry.acquire("broken/boolq")
+    with pytest.raises(PathNotAllowed):
+        await registry.acquire("escape/boolq")
+    with pytest.raises(ModelNotFound):
+        await registry.acquire("absent/boolq")
+    assert [e.name for e in registry.published()] == ["mtl"]
+
+
+async def test_random_traffic_with_replaces_never_loses_a_held_version(tmp_path):
+    """Engine calls take time, requests for 7 sets share 2 slots, and sets are replaced meanwhile:
+    a held version is always in the engine, and every engine call finds what it expects (the fake
+    engine raises on evicting or restoring what it does not hold)."""
+    names = [f"s{i}" for i in range(7)]
+    registry, backend, _ = two_slot_registry(tmp_path, names)
+    backend.delay = random.Random(0)
+    for name in names:
+        await registry.load(name, name)
+    rng = random.Random(1)
+    served = 0
+
+    async def request() -> None:
+        nonlocal served
+        await asyncio.sleep(rng.random() * 0.3)
+        lease = await registry.acquire(f"{rng.choice(names)}/boolq")
+        assert lease.target.slot in backend.slots
+        await asyncio.sleep(rng.random() * 0.01)
+        assert lease.target.slot in backend.slots
+        lease.release()
+        served += 1
+
+    async def replace() -> None:
+        for _ in range(40):
+            await asyncio.sleep(rng.random() * 0.008)
+            name = rng.choice(names)
+            with contextlib.suppress(AdapterSetBusy):
+                await registry.load(name, name, replace=True)
+
+    await asyncio.wait_for(asyncio.gather(replace(), *(request() for _ in range(600))), 60)
+    assert served == 600 and len(backend.slots) <= 2
+    assert all(entry.state == "ready" for entry in registry.resident())  # every replaced version was dropped

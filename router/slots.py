@@ -1,0 +1,287 @@
+"""Engine slots: which registered set versions are in the engine's banks, brought in on demand.
+
+Each method has a fixed number of engine slots (the capacity flags, which bound the distinct sets a
+batch can hold) and a pool of task rows; any number of set versions may be registered. A version is
+in one tier at a time: `slot` (in the engine's banks; requests run on it), `host` (evicted, with a
+host copy in the engine workers: coming back is a copy) or `disk` (read from its folder again).
+
+A request holds its version in a slot from the moment it is brought in until the request ends; a
+held version is never evicted. A request for a version outside the slots waits while it is brought
+in: into a free slot, or into the slot of the least recently used version nobody holds. While every
+slot is held, it waits for one to be released; admission limits and deadlines bound the wait. So
+that busy sets cannot starve a waiting one, the waiter asks the least recently used busy set of its
+kind to *yield*: new requests for that set queue too, and its slot goes to the waiter once its
+running requests end.
+
+Everything here runs on the event loop; a version's moves are serialised by its `moving` future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router.errors import AdapterCapacityExceeded, MemoryBudgetExceeded
+from router.ports import AdapterSlotBackend, RegistryObserver, SlotLimits
+from router.resident import ResidentVersion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """How many evicted versions keep host copies (None: no limit); past either, the least recently
+    used copies are dropped and those versions are read from disk again."""
+
+    max_sets: int | None = None
+    max_bytes: int | None = None
+
+
+class Retired(Exception):
+    """The version was retired (replaced or deleted) before it could be brought in: resolve again."""
+
+
+class EngineSlots:
+    def __init__(
+        self,
+        backend: AdapterSlotBackend,
+        limits: Mapping[str, SlotLimits],
+        *,
+        memory_budget: int | None = None,
+        host: HostLimits = HostLimits(),
+        observer: RegistryObserver | None = None,
+    ) -> None:
+        self._backend = backend
+        self.limits = dict(limits)
+        self.memory_budget = memory_budget
+        self.host = host
+        self._observer = observer
+        self._versions: dict[int, ResidentVersion] = {}  # slot id → version, every tier
+        self._changed = asyncio.Event()  # replaced each time room may have appeared
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def versions(self) -> list[ResidentVersion]:
+        """Every registered version, in any tier."""
+        return list(self._versions.values())
+
+    def in_slots(self, kind: str | None = None) -> list[ResidentVersion]:
+        """Versions occupying engine slots (coming in, in, or going out), of `kind` or of all kinds."""
+        return [v for v in self._versions.values() if v.occupies_slot and (kind is None or v.kind == kind)]
+
+    def waiting(self) -> list[ResidentVersion]:
+        """Versions requests are waiting for, or being brought in."""
+        return [v for v in self._versions.values() if v.waiters or v.residency == "loading"]
+
+    @property
+    def engine_bytes(self) -> int:
+        return sum(v.nbytes for v in self.in_slots())
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(v.host_bytes for v in self._versions.values() if v.residency == "host")
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def check_fits(self, version: ResidentVersion) -> None:
+        """Refuse a version that could never enter a slot, however many were evicted."""
+        limits = self.limits.get(version.kind)
+        if limits is None:
+            raise AdapterCapacityExceeded(f"This server was started without capacity for {version.kind} sets.")
+        if version.task_rows > limits.task_rows:
+            raise AdapterCapacityExceeded(
+                f"The {version.kind} set needs {version.task_rows} task rows; this server has {limits.task_rows} "
+                f"(max_{version.kind}_tasks)."
+            )
+        if self.memory_budget is not None and version.nbytes > self.memory_budget:
+            raise MemoryBudgetExceeded(version.name, version.nbytes, self.engine_bytes, self.memory_budget)
+        if version.pinned and sum(v.pinned for v in self.in_slots(version.kind)) >= limits.slots:
+            raise AdapterCapacityExceeded(
+                f"All {limits.slots} {version.kind} slots hold pinned sets (max_{version.kind}_sets = {limits.slots})."
+            )
+
+    def add(self, version: ResidentVersion) -> None:
+        self._versions[version.slot] = version
+
+    async def place(self, version: ResidentVersion) -> None:
+        """Bring a newly registered version into a free slot, if there is one (a pinned one evicts or
+        waits for room). Otherwise it stays on disk until a request needs it."""
+        await self._bring_in(version, wait=version.pinned, evict=version.pinned)
+
+    async def remove(self, version: ResidentVersion) -> None:
+        """Drop a retired version from the engine and the host (nothing holds it)."""
+        while version.moving is not None:
+            await asyncio.shield(version.moving)
+        moving = asyncio.get_running_loop().create_future()
+        version.moving = moving
+        held = version.residency != "disk"
+        if version.residency == "slot":
+            version.residency = "evicting"  # no longer a candidate for eviction while it leaves
+        try:
+            if held:
+                await self._backend.unload(version.slot)
+        finally:
+            self._versions.pop(version.slot, None)
+            version.residency = "disk"
+            version.host_bytes = 0
+            version.moving = None
+            moving.set_result(None)
+            self._room_changed()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def hold(self, version: ResidentVersion) -> None:
+        """Return once `version` is in a slot and held for one more request (`release` lets go).
+        A retired version takes no new holds (Retired: resolve the request's tag again)."""
+        if version.state != "ready":
+            raise Retired(version.label)
+        if version.residency != "slot" or version.yielding or version.moving is not None:
+            version.waiters += 1
+            try:
+                await self._bring_in(version, wait=True, evict=True)
+            finally:
+                version.waiters -= 1
+        version.in_flight += 1
+        version.last_used = time.monotonic()
+
+    def release(self, version: ResidentVersion) -> None:
+        version.in_flight -= 1
+        if version.in_flight == 0:
+            self._room_changed()
+
+    # -- moving versions ------------------------------------------------------------------------
+
+    async def _bring_in(self, version: ResidentVersion, *, wait: bool, evict: bool) -> None:
+        while True:
+            if version.state != "ready":
+                raise Retired(version.label)
+            if version.moving is not None:
+                await asyncio.shield(version.moving)
+                continue
+            if version.residency == "slot" and not version.yielding:
+                return
+            changed = self._changed
+            if version.residency != "slot":
+                victims = self._victims_for(version)
+                if victims is not None and (evict or not victims):
+                    await self._swap_in(version, victims)
+                    continue
+                if not wait:
+                    return
+                self._ask_to_yield(version.kind)
+            await changed.wait()
+
+    def _victims_for(self, version: ResidentVersion) -> list[ResidentVersion] | None:
+        """The idle versions to evict so `version` fits (least recently used first), or None while it
+        cannot fit without waiting."""
+        limits = self.limits[version.kind]
+        same_kind = self.in_slots(version.kind)
+        slots_short = len(same_kind) + 1 - limits.slots
+        rows_short = sum(v.task_rows for v in same_kind) + version.task_rows - limits.task_rows
+        bytes_short = 0 if self.memory_budget is None else self.engine_bytes + version.nbytes - self.memory_budget
+        victims: list[ResidentVersion] = []
+        for candidate in self._idle():
+            if slots_short <= 0 and rows_short <= 0 and bytes_short <= 0:
+                break
+            if candidate.kind != version.kind and bytes_short <= 0:
+                continue  # another method's slot only helps the memory budget
+            victims.append(candidate)
+            if candidate.kind == version.kind:
+                slots_short -= 1
+                rows_short -= candidate.task_rows
+            bytes_short -= candidate.nbytes
+        return victims if slots_short <= 0 and rows_short <= 0 and bytes_short <= 0 else None
+
+    async def _settle_budget(self, version: ResidentVersion) -> None:
+        """A version just brought in takes more engine bytes than its estimate, past the budget: evict
+        idle versions, or send it back out (it comes in again once there is room for its real size)."""
+        assert self.memory_budget is not None
+        if version.nbytes > self.memory_budget:
+            await self._backend.unload(version.slot)
+            version.residency = "disk"
+            raise MemoryBudgetExceeded(version.name, version.nbytes, self.engine_bytes, self.memory_budget)
+        for victim in self._idle(besides=version):
+            if self.engine_bytes <= self.memory_budget:
+                return
+            await self._evict(victim)
+        if self.engine_bytes > self.memory_budget:
+            await self._evict(version)
+
+    def _idle(self, besides: ResidentVersion | None = None) -> list[ResidentVersion]:
+        """Versions in slots that nothing holds and that may be evicted, yielding ones first, then the
+        least recently used."""
+        idle = (v for v in self.in_slots() if v.residency == "slot" and v.in_flight == 0 and not v.pinned and v is not besides)
+        return sorted(idle, key=lambda v: (not v.yielding, v.last_used))
+
+    def _ask_to_yield(self, kind: str) -> None:
+        """Make the least recently used busy set of `kind` give its slot up once its requests end."""
+        busy = [v for v in self.in_slots(kind) if v.residency == "slot" and not v.pinned]
+        if busy and not any(v.yielding for v in busy):
+            min(busy, key=lambda v: v.last_used).yielding = True
+
+    async def _swap_in(self, version: ResidentVersion, victims: list[ResidentVersion]) -> None:
+        moving = asyncio.get_running_loop().create_future()
+        version.moving = moving
+        version.residency, source = "loading", version.residency
+        try:
+            for victim in victims:
+                await self._evict(victim)
+            started = time.perf_counter()
+            if source == "host":
+                version.nbytes = await self._backend.restore(version.slot, version.path)
+            else:
+                version.nbytes = await self._backend.load(version.slot, version.path)
+            version.residency = "slot"
+            version.host_bytes = 0
+            if self._observer is not None:
+                self._observer.swapped_in(version.kind, source, time.perf_counter() - started)
+            if self.memory_budget is not None and self.engine_bytes > self.memory_budget:
+                await self._settle_budget(version)
+        except BaseException:
+            version.residency = "disk"  # the backend holds nothing of a failed load or restore
+            version.host_bytes = 0
+            raise
+        finally:
+            version.moving = None
+            moving.set_result(None)
+            self._room_changed()
+
+    async def _evict(self, victim: ResidentVersion) -> None:
+        moving = asyncio.get_running_loop().create_future()
+        victim.moving = moving
+        victim.residency = "evicting"
+        victim.yielding = False
+        keep = self.host.max_sets != 0 and self.host.max_bytes != 0
+        try:
+            victim.host_bytes = await self._backend.evict(victim.slot, keep)
+            victim.residency = "host" if victim.host_bytes else "disk"
+        except BaseException:
+            victim.residency = "disk"  # the engine drops a slot it could not copy
+            raise
+        finally:
+            victim.moving = None
+            moving.set_result(None)
+        if self._observer is not None:
+            self._observer.evicted(victim.kind, victim.residency)
+        await self._trim_host()
+
+    async def _trim_host(self) -> None:
+        """Drop the least recently used host copies beyond the host limits."""
+        held = sorted((v for v in self._versions.values() if v.residency == "host" and v.moving is None), key=lambda v: v.last_used)
+        count, total = len(held), sum(v.host_bytes for v in held)
+        for version in held:
+            over_count = self.host.max_sets is not None and count > self.host.max_sets
+            over_bytes = self.host.max_bytes is not None and total > self.host.max_bytes
+            if not (over_count or over_bytes):
+                break
+            version.residency = "disk"
+            count, total = count - 1, total - version.host_bytes
+            version.host_bytes = 0
+            await self._backend.forget(version.slot)
+
+    def _room_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
