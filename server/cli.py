@@ -154,6 +154,43 @@ def bench_http(
     typer.echo(f"wrote {json_out}")
 
 
+@app.command("bench-many-sets")
+def bench_many_sets(
+    model: Annotated[Path | None, typer.Option(help="Model folder (default: SmolLM2-135M-Instruct).")] = None,
+    kind: Annotated[str, typer.Option(help="Adapter kind of the registered sets.")] = "lora",
+    sets: Annotated[int, typer.Option(help="Sets registered at start.")] = 1000,
+    slots: Annotated[int, typer.Option(help="Engine slots for that kind.")] = 64,
+    zipf_alpha: Annotated[float, typer.Option(help="Exponent of the Zipf workload.")] = 1.0,
+    num_requests: Annotated[int, typer.Option(help="Streamed completions per workload.")] = 256,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 64,
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 32,
+    output_len: Annotated[int, typer.Option(help="Generated tokens per request.")] = 64,
+    dtype: Annotated[str, typer.Option(help="Engine dtype.")] = "float32",
+    work_dir: Annotated[Path, typer.Option(help="Where the sets are written (kept between runs).")] = Path("bench-results/many-sets"),
+    json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("bench-results/bench-many-sets.json"),
+    cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+) -> None:
+    """More registered sets than engine slots: base, uniform and Zipf workloads over HTTP, with swap-ins."""
+    from server.default_model import ensure_default_model
+    from server.engine.adapter_backend import model_context_length
+    from server.http_bench import HttpBenchConfig
+    from server.many_sets_bench import ManySetsConfig, render_table, run_many_sets_bench, write_json
+
+    settings = _settings(cache_dir=cache_dir)
+    model_dir = (model or ensure_default_model(settings)).resolve()
+    load = HttpBenchConfig(
+        model_dir, num_requests, concurrency, prompt_len, output_len, repeats=1,
+        max_model_len=min(2048, model_context_length(model_dir)), dtype=dtype, log_dir=json_out.parent,
+    )  # fmt: skip
+    config = ManySetsConfig(
+        load, kind, sets, slots, zipf_alpha, work_dir.resolve(), cache_dir=settings.cache_dir, svd_cache_dir=settings.svd_cache_dir
+    )
+    report = run_many_sets_bench(config, log=typer.echo)
+    typer.echo(render_table(report))
+    write_json(report, json_out)
+    typer.echo(f"wrote {json_out}")
+
+
 def settings_table() -> str:
     """The Markdown table of `orthoserve serve`'s flags, from the command and `Settings` (docs/settings.md
     holds it; a test keeps the two equal)."""

@@ -55,6 +55,7 @@ class RunResult:
     tokens_per_second: float
     ttft_p50: float
     ttft_p90: float
+    ttft_p99: float
     seconds: float
     output_tokens: int
 
@@ -79,12 +80,12 @@ def run_http_bench(config: HttpBenchConfig, log: Callable[[str], None] = print) 
     prompts = _prompts(config)
     runs: list[RunResult] = []
     for repeat in range(config.repeats):
-        for name, command in server_commands(config, _free_port()).items():
+        for name, command in server_commands(config, free_port()).items():
             port = int(command[command.index("--port") + 1])
-            with _serving(command, port, config.log_dir / f"{name}.log", log):
-                asyncio.run(_load(port, prompts[:8], config))  # warm-up
-                result = asyncio.run(_load(port, prompts, config))
-            run = _summarise(name, *result)
+            with serving(command, port, config.log_dir / f"{name}.log", log):
+                asyncio.run(run_load(port, prompts[:8], config))  # warm-up
+                result = asyncio.run(run_load(port, prompts, config))
+            run = summarise(name, *result)
             log(f"repeat {repeat + 1} {name}: {run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_p50 * 1000:.0f} ms")
             runs.append(run)
     best = {name: max((r for r in runs if r.server == name), key=lambda r: r.tokens_per_second) for name in ("orthoserve", "vllm")}
@@ -118,17 +119,20 @@ def _prompts(config: HttpBenchConfig) -> list[list[int]]:
     return [[rng.randrange(100, vocab) for _ in range(config.prompt_len)] for _ in range(config.num_requests)]
 
 
-async def _load(port: int, prompts: list[list[int]], config: HttpBenchConfig) -> tuple[float, list[float], int]:
-    """Wall seconds, per-request TTFTs and output tokens of one batch."""
+async def run_load(
+    port: int, prompts: list[list[int]], config: HttpBenchConfig, models: list[str] | None = None
+) -> tuple[float, list[float], int]:
+    """Wall seconds, per-request TTFTs and output tokens of one batch; `models[i]` is prompt i's
+    `model` (default: the served base model)."""
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
     gate = asyncio.Semaphore(config.concurrency)
 
-    async def one(prompt: list[int]) -> tuple[float, int]:
+    async def one(prompt: list[int], model: str) -> tuple[float, int]:
         async with gate:
             sent = time.perf_counter()
             first, tokens = None, 0
             stream = await client.completions.create(
-                model=SERVED_NAME, prompt=prompt, max_tokens=config.output_len, temperature=0, stream=True,
+                model=model, prompt=prompt, max_tokens=config.output_len, temperature=0, stream=True,
                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
             )  # fmt: skip
             async for chunk in stream:
@@ -139,19 +143,20 @@ async def _load(port: int, prompts: list[list[int]], config: HttpBenchConfig) ->
             return first or 0.0, tokens
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(one(prompt) for prompt in prompts))
+    results = await asyncio.gather(*(one(prompt, model) for prompt, model in zip(prompts, models or [SERVED_NAME] * len(prompts))))
     seconds = time.perf_counter() - started
     await client.close()
     return seconds, [ttft for ttft, _ in results], sum(tokens for _, tokens in results)
 
 
-def _summarise(name: str, seconds: float, ttfts: list[float], tokens: int) -> RunResult:
-    deciles = statistics.quantiles(ttfts, n=10)
-    return RunResult(name, tokens / seconds, statistics.median(ttfts), deciles[8], seconds, tokens)
+def summarise(name: str, seconds: float, ttfts: list[float], tokens: int) -> RunResult:
+    percentiles = statistics.quantiles(ttfts, n=100)
+    return RunResult(name, tokens / seconds, statistics.median(ttfts), percentiles[89], percentiles[98], seconds, tokens)
 
 
 @contextlib.contextmanager
-def _serving(command: list[str], port: int, log_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+def serving(command: list[str], port: int, log_path: Path, log: Callable[[str], None]) -> Iterator[subprocess.Popen]:
+    """`command` running, healthy on `port`, until the block ends."""
     log(f"starting {' '.join(command[1:4])} on port {port} (log: {log_path})")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
@@ -162,7 +167,7 @@ def _serving(command: list[str], port: int, log_path: Path, log: Callable[[str],
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{command[1:4]} did not start (exit code {process.poll()})")
             time.sleep(2)
-        yield
+        yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -179,7 +184,7 @@ def _healthy(port: int) -> bool:
     return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

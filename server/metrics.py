@@ -177,7 +177,7 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.sets_resident = Gauge(
-            "orthoserve_adapter_sets_resident", "Adapter-set versions in engine memory.", registry=self.registry
+            "orthoserve_adapter_sets_resident", "Adapter-set versions registered (engine slot, host copy or disk).", registry=self.registry
         )
         self.set_bytes = Gauge(
             "orthoserve_adapter_set_bytes", "Engine bytes held by an adapter set's resident versions.", ("set",),

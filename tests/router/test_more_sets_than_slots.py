@@ -144,3 +144,18 @@ def test_resolver_root_serves_new_folders_on_first_request(server, admin, resolv
     assert status("escape/chat") == (403, "path_not_allowed")
     assert status("absent/chat") == (404, "model_not_found")
     assert not {"found-nan", "escape", "absent"} & {e["name"] for e in admin.listing()["data"]}
+
+
+def test_waiting_for_a_slot_is_bounded_by_the_deadline(server, admin, write_set):
+    """Every LoRA slot pinned: a request for another LoRA set waits, and its deadline ends the wait
+    with 504; once a slot is free again, the set serves."""
+    for i in range(SLOTS):
+        admin.load(f"wall-{i}", write_set(f"wall-{i}", kind="lora", tasks=("chat",), seed=950 + i), pin=True)
+    admin.load("waiting", write_set("waiting", kind="lora", tasks=("chat",), seed=990))
+    body = {"model": "waiting/chat", "prompt": PROMPT_IDS, "max_tokens": 2}
+    timed_out = httpx.post(f"{server.base_url}/v1/completions", json=body, headers={"x-request-timeout": "2"}, timeout=60)
+    assert timed_out.status_code == 504 and timed_out.json()["error"]["code"] == "request_timeout"
+    assert next(e for e in admin.listing()["data"] if e["name"] == "waiting")["tier"] == "disk"
+    admin.unload("wall-0")
+    served = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120)
+    assert served.status_code == 200, served.text

@@ -1,0 +1,185 @@
+"""`orthoserve bench-many-sets`: more registered adapter sets than engine slots, over HTTP.
+
+One orthoserve server registers `sets` sets of one kind at start (`--adapter-sets`) with `slots`
+engine slots for that kind. The same streamed workload as `bench-http` then runs three times, one
+after the other: every request on the base model; each request on a set drawn uniformly from all
+sets; and on a set drawn from a Zipf law (rank r with weight 1/r^alpha), the way a few adapters take
+most traffic. Reported: throughput against base, TTFT p50/p99, swap-ins per second (from the
+server's metrics), the time to register the sets at start, and host memory per host copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.base_model import describe_base_model
+from adapters.errors import AdapterError
+from adapters.format import read_manifest
+from adapters.initialise import init_adapter_set
+from server.http_bench import SERVED_NAME, HttpBenchConfig, free_port, run_load, serving, summarise
+
+ADMIN_TOKEN = "bench-many-sets"
+TASKS = {"lora": ["chat"], "moore": ["t0"], "badit": ["default"]}
+
+
+@dataclass(frozen=True)
+class ManySetsConfig:
+    load: HttpBenchConfig
+    kind: str = "lora"
+    sets: int = 1000
+    slots: int = 64
+    zipf_alpha: float = 1.0
+    work_dir: Path = Path("bench-results/many-sets")
+    cache_dir: Path | None = None  # the server's --cache-dir (None: its default)
+    svd_cache_dir: Path | None = None  # where the sets' base factors are cached (MoORE, BADIT)
+
+
+def make_sets(config: ManySetsConfig, log: Callable[[str], None]) -> Path:
+    """`config.sets` random sets of `config.kind` under the work folder (kept between runs)."""
+    base = describe_base_model(config.load.model_dir)
+    root = config.work_dir / f"{config.kind}-sets"
+    made = 0
+    for index in range(config.sets):
+        path = root / f"{config.kind}-{index:04d}"
+        try:
+            if read_manifest(path).base_fingerprint == base.fingerprint:
+                continue
+        except AdapterError:
+            pass
+        init_adapter_set(
+            path, kind=config.kind, base=base, tasks=TASKS[config.kind], mode="random", seed=index,
+            cache_dir=config.svd_cache_dir, overwrite=True,
+        )  # fmt: skip
+        made += 1
+    log(f"{config.sets} {config.kind} sets under {root} ({made} written now)")
+    return root
+
+
+def run_many_sets_bench(config: ManySetsConfig, log: Callable[[str], None] = print) -> dict:
+    sets_dir = make_sets(config, log)
+    names = sorted(path.name for path in sets_dir.iterdir() if (path / "manifest.json").is_file())[: config.sets]
+    rng = random.Random(0)
+    load = config.load
+    prompts = [[rng.randrange(100, _vocab(load.model_dir)) for _ in range(load.prompt_len)] for _ in range(load.num_requests)]
+    weights = [1 / (rank + 1) ** config.zipf_alpha for rank in range(len(names))]
+    workloads = {
+        "base": [SERVED_NAME] * load.num_requests,
+        "uniform": [rng.choice(names) for _ in prompts],
+        f"zipf (alpha {config.zipf_alpha:g})": rng.choices(names, weights=weights, k=load.num_requests),
+    }
+    port = free_port()
+    command = _server_command(config, sets_dir, port)
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    with serving(command, port, load.log_dir / f"many-sets-{config.kind}.log", log) as process:
+        start_seconds = time.perf_counter() - started
+        listing = _listing(port)
+        registration = sum(entry["load_seconds"] for entry in listing["data"])
+        rss_registered = _tree_rss(process)
+        log(f"{len(listing['data'])} sets registered in {registration:.1f} s (server ready after {start_seconds:.1f} s)")
+        asyncio.run(run_load(port, prompts[:8], load, [SERVED_NAME] * 8))  # warm-up
+        for name, models in workloads.items():
+            swap_ins_before = _swap_ins(port)
+            seconds, ttfts, tokens = asyncio.run(run_load(port, prompts, load, models))
+            run = summarise(name, seconds, ttfts, tokens)
+            swap_ins = _swap_ins(port) - swap_ins_before
+            results[name] = asdict(run) | {"swap_ins": swap_ins, "swap_ins_per_second": swap_ins / seconds,
+                                           "distinct_sets": len(set(models) - {SERVED_NAME})}  # fmt: skip
+            log(f"{name}: {run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_p50 * 1000:.0f} ms, {swap_ins:.0f} swap-ins")
+        listing = _listing(port)
+        rss_after = _tree_rss(process)
+    host_copies = [entry for entry in listing["data"] if entry["tier"] == "host"]
+    base_tps = results["base"]["tokens_per_second"]
+    return {
+        "config": {"kind": config.kind, "sets": config.sets, "slots": config.slots, "zipf_alpha": config.zipf_alpha}
+        | {k: str(v) if isinstance(v, Path) else v for k, v in asdict(load).items()},
+        "registration_seconds": registration,
+        "server_start_seconds": start_seconds,
+        "results": results,
+        "ratios": {name: result["tokens_per_second"] / base_tps for name, result in results.items() if name != "base"},
+        "tiers": {tier: sum(entry["tier"] == tier for entry in listing["data"]) for tier in ("slot", "host", "disk")},
+        "host_bytes": listing["host_bytes"],
+        "host_bytes_per_set": listing["host_bytes"] / len(host_copies) if host_copies else 0.0,
+        "rss_registered": rss_registered,
+        "rss_after": rss_after,
+    }
+
+
+def render_table(report: dict) -> str:
+    config = report["config"]
+    lines = [
+        f"{config['sets']} {config['kind']} sets registered, {config['slots']} engine slots; "
+        f"registration at start {report['registration_seconds']:.1f} s",
+        "",
+        "| workload | tok/s | × base | TTFT p50 (ms) | TTFT p99 (ms) | swap-ins/s | distinct sets |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in report["results"].items():
+        ratio = report["ratios"].get(name, 1.0)
+        lines.append(
+            f"| {name} | {result['tokens_per_second']:.1f} | {ratio:.3f} | {result['ttft_p50'] * 1000:.0f} | "
+            f"{result['ttft_p99'] * 1000:.0f} | {result['swap_ins_per_second']:.2f} | {result['distinct_sets']} |"
+        )
+    tiers = report["tiers"]
+    lines += [
+        "",
+        f"tiers after the run: {tiers['slot']} in slots, {tiers['host']} host copies, {tiers['disk']} on disk; "
+        f"host copies {report['host_bytes'] / 2**20:.1f} MiB ({report['host_bytes_per_set'] / 2**20:.2f} MiB per set); "
+        f"server RSS {report['rss_registered'] / 2**20:.0f} MiB registered, {report['rss_after'] / 2**20:.0f} MiB after",
+    ]
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+
+
+def _server_command(config: ManySetsConfig, sets_dir: Path, port: int) -> list[str]:
+    load = config.load
+    command = [
+        "-m", "server.cli", "serve", "--model", str(load.model_dir), "--port", str(port), "--host", "127.0.0.1",
+        "--served-model-name", SERVED_NAME, "--max-model-len", str(load.max_model_len), "--dtype", load.dtype,
+        "--kv-cache-gib", str(load.kv_cache_gib), "--cpu-threads", str(load.cpu_threads),
+        "--adapter-sets", str(sets_dir), "--admin-token", ADMIN_TOKEN, "--adapter-kind", config.kind,
+        f"--max-{config.kind}-sets", str(config.slots),
+    ]  # fmt: skip
+    if config.cache_dir is not None:
+        command += ["--cache-dir", str(config.cache_dir)]
+    return [sys.executable, *command]
+
+
+def _vocab(model_dir: Path) -> int:
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+def _listing(port: int) -> dict:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    return httpx.get(f"http://127.0.0.1:{port}/v1/adapter-sets", headers=headers, timeout=60).json()
+
+
+def _swap_ins(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "orthoserve_adapter_swap_ins_total"
+    )
+
+
+def _tree_rss(process: subprocess.Popen) -> int:
+    parent = psutil.Process(process.pid)
+    return sum(member.memory_info().rss for member in [parent, *parent.children(recursive=True)])
