@@ -161,6 +161,8 @@ class EngineSlots:
             if version.moving is not None:
                 await asyncio.shield(version.moving)
                 continue
+            if version.residency == "slot" and version.yielding and not self._others_waiting(version):
+                version.yielding = False  # whoever asked it to yield has stopped waiting
             if version.residency == "slot" and not version.yielding:
                 return
             changed = self._changed
@@ -215,6 +217,10 @@ class EngineSlots:
         least recently used."""
         idle = (v for v in self.in_slots() if v.residency == "slot" and v.in_flight == 0 and not v.pinned and v is not besides)
         return sorted(idle, key=lambda v: (not v.yielding, v.last_used))
+
+    def _others_waiting(self, version: ResidentVersion) -> bool:
+        """Whether requests wait for another version of `version`'s kind to come into a slot."""
+        return any(v.waiters and not v.occupies_slot and v.kind == version.kind for v in self._versions.values())
 
     def _ask_to_yield(self, kind: str) -> None:
         """Make the least recently used busy set of `kind` give its slot up once its requests end."""

@@ -478,3 +478,18 @@ async def test_random_traffic_with_replaces_never_loses_a_held_version(tmp_path)
     await asyncio.wait_for(asyncio.gather(replace(), *(request() for _ in range(600))), 60)
     assert served == 600 and len(backend.slots) <= 2
     assert all(entry.state == "ready" for entry in registry.resident())  # every replaced version was dropped
+
+
+async def test_a_yielding_set_serves_again_once_nobody_waits(tmp_path):
+    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
+    for name in "abc":
+        await registry.load(name, name)
+    a1, b1 = await registry.acquire("a/boolq"), await registry.acquire("b/boolq")
+    impatient = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.01)
+    impatient.cancel()  # its deadline: a was asked to yield, and now nobody waits for its slot
+    await asyncio.sleep(0.01)
+    a2 = await asyncio.wait_for(registry.acquire("a/boolq"), 1)
+    assert a2.target.set_name == "a" and len(backend.slots) == 2
+    for lease in (a1, a2, b1):
+        lease.release()
