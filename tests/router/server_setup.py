@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.base_model import BaseModelInfo, describe_base_model
+from adapters.base_model import BaseModelInfo
 from tests.router.adapter_sets import make_broken_set, make_set
 
 ADAPTER_MEMORY_BUDGET = 512 * 1024 * 1024
@@ -21,13 +21,15 @@ STARTUP_BROKEN_SET = "boot-broken"
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tiny_model_dir: Path) -> BaseModelInfo:
-    return describe_base_model(tiny_model_dir)
+def tiny_base(base: BaseModelInfo) -> BaseModelInfo:
+    """The tiny model's description (`tests/adapter_fixtures.py`), under the server tests' name."""
+    return base
 
 
 @pytest.fixture(scope="session")
-def test_svd_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("test-svd-cache")
+def test_svd_cache(svd_cache_dir: Path) -> Path:
+    """The session's one SVD cache (`tests/adapter_fixtures.py`), under the server tests' name."""
+    return svd_cache_dir
 
 
 @pytest.fixture(scope="session")

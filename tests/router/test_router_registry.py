@@ -157,11 +157,15 @@ def parts(tmp_path):
     return registry, backend, events, tmp_path
 
 
-def two_slot_registry(tmp_path, names, **options):
+async def two_slot_registry(tmp_path, names, *, register=True, **options):
+    """A registry whose engine has 2 slots per kind, with a set folder for each of `names` (all
+    registered unless `register` is False)."""
     backend, events = MemorySlots(slots_per_kind=2), Events()
     for name in names:
         (tmp_path / name).mkdir(exist_ok=True)
     registry = AdapterRegistry(backend, Validator(), BASE, roots=AdapterRoots([tmp_path]), observer=events, **options)
+    for name in names if register else ():
+        await registry.load(name, name)
     return registry, backend, events
 
 
@@ -347,8 +351,8 @@ async def test_lease_released_on_error_only(parts):
 
 
 async def test_more_sets_than_slots_all_serve_least_recently_used_evicted_first(tmp_path):
-    registry, backend, events = two_slot_registry(tmp_path, ["a", "b", "c", "d"])
-    entries = {name: await registry.load(name, name) for name in "abcd"}
+    registry, backend, events = await two_slot_registry(tmp_path, ["a", "b", "c", "d"])
+    entries = {entry.name: entry for entry in registry.published()}
     assert [entries[n].residency for n in "abcd"] == ["slot", "slot", "disk", "disk"]
     async with await registry.acquire("a/boolq"):
         pass
@@ -362,9 +366,7 @@ async def test_more_sets_than_slots_all_serve_least_recently_used_evicted_first(
 
 
 async def test_a_held_set_is_never_evicted_and_waiters_get_the_slot(tmp_path):
-    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
-    for name in "abc":
-        await registry.load(name, name)
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])
     held_a = await registry.acquire("a/boolq")
     held_b = await registry.acquire("b/boolq")
     waiting = asyncio.ensure_future(registry.acquire("c/boolq"))
@@ -379,9 +381,7 @@ async def test_a_held_set_is_never_evicted_and_waiters_get_the_slot(tmp_path):
 
 async def test_a_waiter_makes_a_busy_set_yield(tmp_path):
     """A set that always has requests running cannot keep its slot from a waiting set forever."""
-    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
-    for name in "abc":
-        await registry.load(name, name)
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])
     a1, b1 = await registry.acquire("a/boolq"), await registry.acquire("b/boolq")
     c = asyncio.ensure_future(registry.acquire("c/boolq"))
     await asyncio.sleep(0.01)
@@ -399,7 +399,7 @@ async def test_a_waiter_makes_a_busy_set_yield(tmp_path):
 
 
 async def test_pinned_sets_stay_and_host_limits_send_copies_to_disk(tmp_path):
-    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c", "d"], host=HostLimits(max_sets=1))
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c", "d"], register=False, host=HostLimits(max_sets=1))
     pinned = await registry.load("a", "a", pin=True)
     for name in "bcd":
         await registry.load(name, name)
@@ -414,9 +414,7 @@ async def test_pinned_sets_stay_and_host_limits_send_copies_to_disk(tmp_path):
 
 
 async def test_a_version_replaced_while_waiting_resolves_again(tmp_path):
-    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
-    for name in "abc":
-        await registry.load(name, name)
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])
     held = [await registry.acquire("a/boolq"), await registry.acquire("b/boolq")]
     waiting = asyncio.ensure_future(registry.acquire("c/boolq"))
     await asyncio.sleep(0.01)
@@ -434,15 +432,12 @@ async def test_resolver_registers_a_folder_on_first_request(tmp_path):
         (root / name).mkdir(parents=True)
     (tmp_path / "outside").mkdir()
     (root / "escape").symlink_to(tmp_path / "outside")
-    registry, backend, _ = two_slot_registry(tmp_path, [], resolver_root=root)
+    registry, backend, _ = await two_slot_registry(tmp_path, [], resolver_root=root)
     first, second = await asyncio.gather(registry.acquire("mtl/boolq"), registry.acquire("mtl/piqa"))
     assert first.target.version == second.target.version == 1 and len(backend.slots) == 1
-    with pytest.raises(InvalidSet):
-        await registry.acquire("broken/boolq")
-    with pytest.raises(PathNotAllowed):
-        await registry.acquire("escape/boolq")
-    with pytest.raises(ModelNotFound):
-        await registry.acquire("absent/boolq")
+    for model, error in (("broken/boolq", InvalidSet), ("escape/boolq", PathNotAllowed), ("absent/boolq", ModelNotFound)):
+        with pytest.raises(error):
+            await registry.acquire(model)
     assert [e.name for e in registry.published()] == ["mtl"]
 
 
@@ -451,10 +446,8 @@ async def test_random_traffic_with_replaces_never_loses_a_held_version(tmp_path)
     a held version is always in the engine, and every engine call finds what it expects (the fake
     engine raises on evicting or restoring what it does not hold)."""
     names = [f"s{i}" for i in range(7)]
-    registry, backend, _ = two_slot_registry(tmp_path, names)
+    registry, backend, _ = await two_slot_registry(tmp_path, names)
     backend.delay = random.Random(0)
-    for name in names:
-        await registry.load(name, name)
     rng = random.Random(1)
     served = 0
 
@@ -481,9 +474,7 @@ async def test_random_traffic_with_replaces_never_loses_a_held_version(tmp_path)
 
 
 async def test_a_yielding_set_serves_again_once_nobody_waits(tmp_path):
-    registry, backend, _ = two_slot_registry(tmp_path, ["a", "b", "c"])
-    for name in "abc":
-        await registry.load(name, name)
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])
     a1, b1 = await registry.acquire("a/boolq"), await registry.acquire("b/boolq")
     impatient = asyncio.ensure_future(registry.acquire("c/boolq"))
     await asyncio.sleep(0.01)
