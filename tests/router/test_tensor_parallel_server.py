@@ -3,6 +3,7 @@
 The server binds each engine worker to a core of its own by itself (no environment variable set).
 Sets of every kind load, answer, are replaced while requests run (each request finishes on its
 version), are unloaded with their memory given back on both ranks, and a bad set changes nothing.
+More LoRA sets than slots are evicted and brought back on both ranks, serving the same tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def tp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runnin
     root, cache = work / "sets", work / "cache"
     root.mkdir()
     # fp32: answers are compared across batches, and bf16 GEMMs may round a row differently in another batch.
-    extra = ["--tensor-parallel-size", "2", "--dtype", "float32", "--adapter-root", str(root), "--cache-dir", str(cache)]
+    extra = [
+        "--tensor-parallel-size", "2", "--dtype", "float32", "--adapter-root", str(root), "--cache-dir", str(cache),
+        "--max-lora-sets", "2",  # fewer LoRA slots than the sets the eviction test registers
+    ]  # fmt: skip
     with start_server(model, "tp-llama", work / "server.log", extra) as server:
         yield server, model, root
 
@@ -116,3 +120,21 @@ def test_load_replace_under_traffic_unload_and_bad_set(tp_server) -> None:
         assert time.monotonic() < deadline, f"RSS {tree_rss(process)} did not return to {before} ± 5%"
         time.sleep(0.5)
     assert complete(http, server.model).status_code == 200
+
+
+def test_more_sets_than_slots_on_both_ranks(tp_server) -> None:
+    server, model, root = tp_server
+    base = describe_base_model(model)
+    names = [f"tp-lora-{i}" for i in range(5)]
+    admin = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_token}"}, timeout=300)
+    http = httpx.Client(base_url=server.base_url, timeout=120)
+    for i, name in enumerate(names):
+        path = make_set(root / name, base, kind="lora", tasks=["chat"], seed=40 + i, svd_cache_dir=root.parent / "cache" / "svd")
+        assert admin.post("/v1/adapter-sets", json={"name": name, "path": str(path)}).status_code == 201
+    first = [complete(http, name).json()["choices"][0]["text"] for name in names]
+    again = [complete(http, name).json()["choices"][0]["text"] for name in names]
+    assert again == first and len(set(first)) >= 3
+    tiers = [entry["tier"] for entry in admin.get("/v1/adapter-sets").json()["data"] if entry["name"] in names]
+    assert tiers.count("slot") == 2 and tiers.count("host") == 3
+    for name in names:
+        assert admin.delete(f"/v1/adapter-sets/{name}", params={"wait": True}).status_code == 200
