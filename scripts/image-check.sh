@@ -110,6 +110,8 @@ cleanup() {
     return $rc
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 seconds_since() { echo $(($(date +%s) - $1)); }
 
@@ -237,7 +239,8 @@ printf '[image-check]   mounted read-only under %s: %s\n' "$BUILD_HOST" "$(tr '\
 step "podman build -f docker/Dockerfile.$MODE -t $TAG"
 build_start=$(date +%s)
 previous_id="$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
-podman build --layers -f "$CONTEXT/docker/Dockerfile.$MODE" -t "$TAG" "${BUILD_ARGS[@]}" "${BUILD_MOUNTS[@]}" "$CONTEXT" \
+# Docker's image format: the OCI format has no HEALTHCHECK, and Podman would drop it.
+podman build --format docker --layers -f "$CONTEXT/docker/Dockerfile.$MODE" -t "$TAG" "${BUILD_ARGS[@]}" "${BUILD_MOUNTS[@]}" "$CONTEXT" \
     >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; fail "podman build"; }
 BUILD_S=$(seconds_since "$build_start")
 # The replaced image's layers (a rebuild after a source change) would pile up run after run.
@@ -249,10 +252,14 @@ log "built in ${BUILD_S}s, $((IMAGE_BYTES / 1000000)) MB"
 
 # --- 3. hygiene ------------------------------------------------------------------------------------
 
+# No systemd here to time the image's health checks (Podman would log an error per container): they
+# are off, and the check runs the health check once by hand (`podman healthcheck run`).
+RUN_IMAGE=(--rm --network=none --health-interval=disable)
+
 step "image hygiene: user, no compilers, no build-time CA or pip configuration, the model baked in"
 image_user="$(podman image inspect --format '{{.Config.User}}' "$TAG")"
 [ "$image_user" = "$IMAGE_UID:$IMAGE_UID" ] || fail "image user is '$image_user', expected $IMAGE_UID:$IMAGE_UID"
-podman run --rm --network=none --user 0 --entrypoint /bin/sh \
+podman run "${RUN_IMAGE[@]}" --user 0 --entrypoint /bin/sh \
     -e BUILD_HOST="$BUILD_HOST" -e MODE="$MODE" "$TAG" -c '
     problems=0
     if [ "$MODE" = cuda ]; then
@@ -301,12 +308,12 @@ print("\n".join(problems) or "same command, user, health check, settings and vol
 sys.exit(bool(problems))
 EOF
     step "the CUDA image's venv: vLLM's CUDA build, the CLI"
-    podman run --rm --network=none "$TAG" python -c '
+    podman run "${RUN_IMAGE[@]}" "$TAG" python -c '
 import torch, transformers, vllm
 assert torch.version.cuda, f"torch {torch.__version__} is not a CUDA build"
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), vllm {vllm.__version__}, transformers {transformers.__version__}")
 ' || fail "imports in the CUDA image"
-    podman run --rm --network=none "$TAG" orthoserve serve --help >/dev/null || fail "orthoserve serve --help"
+    podman run "${RUN_IMAGE[@]}" "$TAG" orthoserve serve --help >/dev/null || fail "orthoserve serve --help"
     echo "image-check: OK (CUDA stand-in: built and inspected, not run)"
     echo "image-check: image $TAG: $(awk '{printf "%.2f GB", $1/1e9}' <<<"$IMAGE_BYTES"), build ${BUILD_S}s"
     exit 0
@@ -315,15 +322,16 @@ fi
 # --- 4. run ----------------------------------------------------------------------------------------
 
 SETS="$WORK/adapter-sets"
-SVD="$WORK/svd"
+# The base model's SVD factors (all projections, computed on first use: minutes on a small CPU) are
+# kept between runs, as an operator's /cache volume keeps them; the server verifies them on use.
+SVD="$CACHE/svd"
 mkdir -p "$SETS" "$SVD"
 chown "$IMAGE_UID:$IMAGE_UID" "$SETS" "$SVD"
 
-# The sets adapt two projections per layer, so that their SVD factors (a property of the base model,
-# computed on first use) take seconds rather than minutes on a small CPU.
+# Small sets (two projections per layer) are quick to make and to load.
 TARGETS=q_proj,v_proj
 step "adapter set 'csr' (MoORE on $TARGETS, tasks arc-e,boolq) made by the image's CLI, into the sets volume"
-podman run --rm --network=none -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" "$TAG" \
+podman run "${RUN_IMAGE[@]}" -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" "$TAG" \
     orthoserve adapters init moore --base-model "$MODEL_DIR" --tasks arc-e,boolq --targets "$TARGETS" \
     --out /adapter-sets/csr --cache-dir /cache/svd >"$WORK/init-csr.log" 2>&1 || { tail -20 "$WORK/init-csr.log" >&2; fail "adapters init"; }
 [ -s "$SETS/csr/manifest.json" ] || fail "no manifest.json in the new set"
@@ -332,7 +340,7 @@ podman run --rm --network=none -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" "$T
 # The host-side clients (the openai client, Prometheus) join that network namespace with nsenter.
 step "podman run --network=none (user $IMAGE_UID, sets volume) and wait for /health"
 start_start=$(date +%s)
-podman run -d --name "$NAME" --network=none --shm-size 2g \
+podman run -d --name "$NAME" --network=none --health-interval=disable --shm-size 2g \
     -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" \
     -e ORTHOSERVE_ADMIN_TOKEN="$ADMIN_TOKEN" \
     "$TAG" >/dev/null
@@ -362,6 +370,8 @@ EOF
 START_S=$(seconds_since "$start_start")
 log "/health answered ${START_S}s after podman run"
 [ "$(podman exec "$NAME" id -u)" = "$IMAGE_UID" ] || fail "the server does not run as uid $IMAGE_UID"
+step "the image's HEALTHCHECK passes in the running container"
+podman healthcheck run "$NAME" || fail "podman healthcheck run: the image's health check fails or is missing"
 
 # --- 5-7. API, admin API, metrics, Prometheus ------------------------------------------------------
 

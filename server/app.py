@@ -18,7 +18,7 @@ from router.registry import AdapterRegistry
 from router.slots import HostLimits
 from router.validation import AdapterSetValidator
 from server.admission import BASE_SET, AdmissionController, AdmissionMiddleware
-from server.api import admin, health, metrics, models, openai
+from server.api import admin, health, lora_adapters, metrics, models, openai
 from server.body_limit import BodyLimitMiddleware
 from server.deadlines import DeadlineMiddleware
 from server.engine.adapter_backend import AdapterEngineBackend
@@ -41,6 +41,7 @@ def create_app(settings: Settings, engine: EngineService) -> FastAPI:
         )
         watching = asyncio.create_task(app.state.engine_watch.run())
         app.state.registry = await _start_registry(settings, engine, app.state.metrics)
+        app.state.metrics.watch_registry(app.state.registry)
         engine.resolver = app.state.registry
         app.state.ready = True
         try:
@@ -86,7 +87,8 @@ def create_admin_app(settings: Settings, public: FastAPI) -> FastAPI:
 
 def _mount_admin(app: FastAPI) -> None:
     # Without a configured token the admin API does not exist (404) rather than being open.
-    app.include_router(admin.router, dependencies=[Depends(admin.verify_admin_token)])
+    for router in (admin.router, lora_adapters.router):
+        app.include_router(router, dependencies=[Depends(admin.verify_admin_token)])
 
 
 def _install_guards(app: FastAPI, settings: Settings, engine: EngineService) -> None:

@@ -1,10 +1,14 @@
 """Prometheus metrics: per adapter set and task latency histograms, token counters, residency gauges.
 
-Every series lives in a `CollectorRegistry` owned by one `ServingMetrics`, so several apps (or tests)
-in one process never collide. `GET /metrics` renders it (with the server process's `process_*` and
-`python_*` metrics). vLLM's engine logger publishes its own `vllm:`-prefixed metrics in the
-process-global registry; they are rendered separately (`GET /metrics/vllm`) because Prometheus'
-linter reserves `:` for recording rules and the main endpoint stays lint-clean.
+Every orthoserve series lives in a `CollectorRegistry` owned by one `ServingMetrics`, so several apps
+(or tests) in one process never collide. `GET /metrics` renders it (with the server process's
+`process_*` and `python_*` metrics), followed by the `vllm:` series: those vLLM's engine logger
+publishes in the process-global registry (queue, running, KV cache, latency histograms) and the LoRA
+series of the model-server protocol, published from the adapter registry (`server.lora_metrics`).
+Routers and vLLM's dashboards read `vllm:` names from the API's own `/metrics`, so they are kept
+there under vLLM's names. Prometheus' linter (`promtool check metrics`) reserves `:` for recording
+rules and flags exactly those names; orthoserve's own families stay lint-clean, and
+`GET /metrics/vllm` still serves the `vllm:` series alone.
 
 Labels. Request metrics carry `set` and `task` from the request's resolved target
 (`RouteTarget.metric_labels`; `set="base", task="base"` for the base model). A request that failed
@@ -59,8 +63,10 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from router.registry import AdapterRegistry
 from router.target import RouteTarget
 from server.lifecycle import RequestRecord
+from server.lora_metrics import PUBLISHED_NAMES, LoraProtocolMetrics
 
 DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0,
@@ -136,7 +142,10 @@ class ServingMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         self.labels = TaskLabels(max_tasks)
-        self._engine_metrics = None if engine_registry is None else _PrefixedFamilies(engine_registry, "vllm:")
+        self.lora = LoraProtocolMetrics()
+        engine_families = () if engine_registry is None else (_PrefixedFamilies(engine_registry, "vllm:", PUBLISHED_NAMES),)
+        self._vllm = _Chained((*engine_families, self.lora))
+        self._everything = _Chained((self.registry, self._vllm))
         task_labels = ("set", "task")
 
         def histogram(name: str, documentation: str, labels: Sequence[str] = task_labels) -> Histogram:
@@ -306,21 +315,41 @@ class ServingMetrics:
 
     content_type = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
 
+    def watch_registry(self, registry: AdapterRegistry) -> None:
+        """Publish the adapter registry's residency as vLLM's LoRA series from now on."""
+        self.lora.attach(registry)
+
     def render(self) -> bytes:
-        """The text exposition of orthoserve's metrics."""
-        return generate_latest(self.registry)
+        """The text exposition of orthoserve's metrics, then every `vllm:` series."""
+        return generate_latest(self._everything)
 
     def render_engine(self) -> bytes:
-        """The text exposition of vLLM's own `vllm:` metrics (empty without an engine registry)."""
-        return b"" if self._engine_metrics is None else generate_latest(self._engine_metrics)
+        """The text exposition of the `vllm:` series alone: vLLM's engine metrics and the LoRA series."""
+        return generate_latest(self._vllm)
 
 
 class _PrefixedFamilies:
-    """The metric families of a registry whose names start with a prefix."""
+    """The metric families of a registry whose names start with a prefix, less some replaced names."""
 
-    def __init__(self, registry: Collector, prefix: str) -> None:
+    def __init__(self, registry: Collector, prefix: str, replaced: frozenset[str] = frozenset()) -> None:
         self._registry = registry
         self._prefix = prefix
+        self._replaced = replaced
 
     def collect(self) -> Iterable[Metric]:
-        return (family for family in self._registry.collect() if family.name.startswith(self._prefix))
+        return (
+            family
+            for family in self._registry.collect()
+            if family.name.startswith(self._prefix) and family.name not in self._replaced
+        )
+
+
+class _Chained:
+    """Several collectors rendered as one, in order."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self._collectors = tuple(collectors)
+
+    def collect(self) -> Iterable[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()
