@@ -34,6 +34,21 @@ def load(path: Path) -> dict[str, list[dict]]:
     return by_task
 
 
+def common_items(data: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, list[dict]]]:
+    """Every row cut to the first items all rows scored (rows are scored on the first N items of each
+    task, so a row with fewer items is a prefix of one with more); the ids must then match."""
+    tasks = set.intersection(*(set(rows) for rows in data.values()))
+    cut: dict[str, dict[str, list[dict]]] = {row: {} for row in data}
+    for task in tasks:
+        n = min(len(rows[task]) for rows in data.values())
+        ids = [r["id"] for r in data["base"][task][:n]]
+        for row, rows in data.items():
+            if [r["id"] for r in rows[task][:n]] != ids:
+                raise SystemExit(f"{row}/{task}: not the same items as the base row")
+            cut[row][task] = rows[task][:n]
+    return cut
+
+
 def answers(rows: list[dict], column: str) -> list[bool | None]:
     pred, correct, _, _ = COLUMNS[column]
     return [None if r[pred] is None else bool(r[correct]) for r in rows]
@@ -122,6 +137,7 @@ def main(results: Path) -> None:
     data = {row: load(results / f"eval-{row}.jsonl") for row, _ in ROWS if (results / f"eval-{row}.jsonl").is_file()}
     if "base" not in data:
         raise SystemExit(f"{results}/eval-base.jsonl is missing")
+    data = common_items(data)
     for column, title in (
         ("cloze", "choice log-likelihood (lm-eval `acc`)"),
         ("cloze_norm", "choice log-likelihood per byte (lm-eval `acc_norm`)"),
