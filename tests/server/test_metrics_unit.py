@@ -317,7 +317,7 @@ def test_exposition_parses_and_holds_every_contract_metric() -> None:
     for name, kind in CONTRACT_FAMILIES.items():
         assert parsed[name].type == kind, name
     assert "process_resident_memory_bytes" in parsed
-    assert not any(name.startswith("vllm:") for name in parsed)
+    assert parsed["vllm:request_success"].type == "counter"  # the engine's series follow orthoserve's
     histogram = parsed["orthoserve_e2e_request_latency_seconds"]
     counts = [s.value for s in histogram.samples if s.name.endswith("_bucket") and s.labels["task"] == "t"]
     assert counts == sorted(counts) and counts[-1] == 1  # cumulative buckets, +Inf holds the one request
@@ -329,7 +329,9 @@ def test_exposition_passes_promtool() -> None:
     check = subprocess.run(
         [promtool, "check", "metrics"], input=populated_metrics().render(), capture_output=True, timeout=30
     )
-    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    problems = (check.stdout + check.stderr).decode().splitlines()
+    # vLLM's names, kept as routers and vLLM's dashboards read them, are the only ones it may flag.
+    assert problems and all(line.startswith("vllm:") for line in problems), problems
 
 
 def test_engine_exposition_holds_only_the_engine_prefixed_families() -> None:
