@@ -67,11 +67,23 @@ trap 'rc=$?; if [ $rc -ne 0 ]; then echo "[image-check] FAILED at step: $STEP (e
 [ "$(id -u)" -eq 0 ] || fail "needs root (apt-get, podman storage, nsenter into the container's network)"
 
 step "host tools: podman, buildah, debootstrap, runc, prometheus and the project venv"
-"$ROOT/scripts/install.sh" cpu --dev --with-prometheus --with-podman
-PY="$VENV/bin/python"
-for tool in podman buildah debootstrap prometheus nsenter; do
+missing=()
+for tool in podman buildah debootstrap runc prometheus promtool; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing the Debian packages for: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        podman buildah debootstrap runc prometheus >/dev/null
+fi
+for tool in podman buildah debootstrap runc prometheus promtool nsenter flock; do
     command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
+# The venv is left as it is (`make image-check` sets it up first): other work may be using it.
+PY="$VENV/bin/python"
+"$PY" -c "import httpx, openai, prometheus_client, yaml" 2>/dev/null \
+    || fail "$VENV lacks the dev tools (openai, httpx, pyyaml): run scripts/install.sh cpu --dev"
 
 mkdir -p "$CACHE"
 # One check at a time on a machine: they share the cached base images and the image tag.
@@ -252,9 +264,10 @@ log "built in ${BUILD_S}s, $((IMAGE_BYTES / 1000000)) MB"
 
 # --- 3. hygiene ------------------------------------------------------------------------------------
 
-# No systemd here to time the image's health checks (Podman would log an error per container): they
-# are off, and the check runs the health check once by hand (`podman healthcheck run`).
-RUN_IMAGE=(--rm --network=none --health-interval=disable)
+# Short-lived containers of the image go without its health check: Podman times health checks with
+# systemd, which these machines lack (it logs an error per container). The server's container keeps
+# it, and the check runs it by hand (`podman healthcheck run`).
+RUN_IMAGE=(--rm --network=none --no-healthcheck)
 
 step "image hygiene: user, no compilers, no build-time CA or pip configuration, the model baked in"
 image_user="$(podman image inspect --format '{{.Config.User}}' "$TAG")"
@@ -292,18 +305,23 @@ if [ "$MODE" = cuda ]; then
     "$PY" - "$WORK/cpu.json" "$WORK/cuda.json" <<'EOF' || fail "the images differ"
 import json, sys
 
-cpu, cuda = (json.load(open(path))[0]["Config"] for path in sys.argv[1:])
+cpu_image, cuda_image = (json.load(open(path))[0] for path in sys.argv[1:])
+cpu, cuda = cpu_image["Config"], cuda_image["Config"]
 problems = []
-for key in ("Cmd", "Entrypoint", "User", "WorkingDir", "ExposedPorts", "Volumes", "Healthcheck"):
+for key in ("Cmd", "Entrypoint", "User", "WorkingDir", "ExposedPorts", "Volumes"):
     if cpu.get(key) != cuda.get(key):
         problems.append(f"{key}: {cpu.get(key)!r} (cpu) != {cuda.get(key)!r} (cuda)")
+if not cpu_image.get("Healthcheck") or cpu_image["Healthcheck"] != cuda_image.get("Healthcheck"):
+    problems.append(f"health check: {cpu_image.get('Healthcheck')!r} (cpu) != {cuda_image.get('Healthcheck')!r} (cuda)")
 env_cpu, env_cuda = (dict(e.split("=", 1) for e in config["Env"]) for config in (cpu, cuda))
 for name in sorted(set(env_cpu) | set(env_cuda)):
-    if name.startswith(("ORTHOSERVE_", "HF_", "VLLM_")) or name in {"PATH", "VENV", "PYTHONUNBUFFERED"}:
+    if name.startswith(("ORTHOSERVE_", "HF_", "VLLM_")) or name in {"VENV", "PYTHONUNBUFFERED"}:
         if env_cpu.get(name) != env_cuda.get(name):
             problems.append(f"env {name}: {env_cpu.get(name)!r} (cpu) != {env_cuda.get(name)!r} (cuda)")
-if not cpu.get("Healthcheck"):
-    problems.append("no health check")
+# The rest of PATH is the base image's own.
+venv_bin = env_cpu["VENV"] + "/bin:"
+if not (env_cpu["PATH"].startswith(venv_bin) and env_cuda["PATH"].startswith(venv_bin)):
+    problems.append(f"PATH does not start with the venv: {env_cpu['PATH']!r} (cpu), {env_cuda['PATH']!r} (cuda)")
 print("\n".join(problems) or "same command, user, health check, settings and volumes")
 sys.exit(bool(problems))
 EOF
@@ -340,7 +358,7 @@ podman run "${RUN_IMAGE[@]}" -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" "$TAG
 # The host-side clients (the openai client, Prometheus) join that network namespace with nsenter.
 step "podman run --network=none (user $IMAGE_UID, sets volume) and wait for /health"
 start_start=$(date +%s)
-podman run -d --name "$NAME" --network=none --health-interval=disable --shm-size 2g \
+podman run -d --name "$NAME" --network=none --shm-size 2g \
     -v "$SETS:/adapter-sets" -v "$SVD:/cache/svd" \
     -e ORTHOSERVE_ADMIN_TOKEN="$ADMIN_TOKEN" \
     "$TAG" >/dev/null
