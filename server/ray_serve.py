@@ -87,14 +87,17 @@ class ReplicaDirectory:
         return list(self._calls)
 
 
-def _directory() -> Any:
-    return ReplicaDirectory.options(name=DIRECTORY_ACTOR, get_if_exists=True, lifetime="detached").remote()
+def _directory(app_id: str) -> Any:
+    # Detached, so that it outlives any one replica; named per built application, so that a new
+    # deployment starts with no recorded calls.
+    name = f"{DIRECTORY_ACTOR}-{app_id}"
+    return ReplicaDirectory.options(name=name, get_if_exists=True, lifetime="detached").remote()
 
 
 class OrthoserveReplica:
     """One orthoserve server: its engine, registry and HTTP port, inside a Serve replica."""
 
-    async def __init__(self, settings: dict[str, Any], model_dir: str, admin_token: str | None) -> None:
+    async def __init__(self, settings: dict[str, Any], model_dir: str, admin_token: str | None, app_id: str) -> None:
         # Imported here: the driver that builds the application needs neither vLLM nor the engine.
         from server.app import create_app
         from server.engine.service import EngineService
@@ -111,8 +114,9 @@ class OrthoserveReplica:
         await self._wait_started()
         self.url = f"http://{parsed.host}:{parsed.port}"
         self._replica_id = uuid.uuid4().hex
+        self._app_id = app_id
         await self._replay(admin_token)
-        await _directory().register.remote(self._replica_id, self.url)
+        await _directory(app_id).register.remote(self._replica_id, self.url)
         logger.info("orthoserve replica %s serving on %s", self._replica_id, self.url)
 
     async def _wait_started(self) -> None:
@@ -124,7 +128,7 @@ class OrthoserveReplica:
 
     async def _replay(self, admin_token: str | None) -> None:
         """Apply the admin mutations the other replicas already had, in order."""
-        calls: list[AdminCall] = await _directory().calls.remote()
+        calls: list[AdminCall] = await _directory(self._app_id).calls.remote()
         if not calls:
             return
         headers = {"authorization": f"Bearer {admin_token}", "content-type": "application/json"}
@@ -164,7 +168,7 @@ class OrthoserveReplica:
 
     async def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            await _directory().forget.remote(self._replica_id)
+            await _directory(self._app_id).forget.remote(self._replica_id)
         self._server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._serving, 60)
@@ -213,12 +217,13 @@ async def _call_asgi(
 class OrthoserveIngress:
     """HTTP entry: requests go to a replica (by set, for adapters); admin calls go to every replica."""
 
-    def __init__(self, replicas: DeploymentHandle, base_model: str) -> None:
+    def __init__(self, replicas: DeploymentHandle, base_model: str, app_id: str) -> None:
         self._replicas = replicas
         self._base_model = base_model
+        self._app_id = app_id
 
     async def replicas(self) -> JSONResponse:
-        urls = await _directory().urls.remote()
+        urls = await _directory(self._app_id).urls.remote()
         return JSONResponse({"object": "list", "data": [{"id": key, "url": url} for key, url in sorted(urls.items())]})
 
     async def proxy(self, request: Request, path: str) -> Response:
@@ -259,14 +264,14 @@ class OrthoserveIngress:
         return model.split("/", 1)[0]
 
     async def _broadcast(self, request: Request, route: str, body: bytes) -> Response:
-        urls = await _directory().urls.remote()
+        urls = await _directory(self._app_id).urls.remote()
         headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
         query = request.url.query
         async with httpx.AsyncClient(timeout=ADMIN_TIMEOUT_S) as http:
             sent = [http.request(request.method, f"{url}{route}", params=query, content=body, headers=headers) for url in urls.values()]
             answers = await asyncio.gather(*sent, return_exceptions=True)
         live = {key: answer for key, answer in zip(urls, answers) if isinstance(answer, httpx.Response)}
-        directory = _directory()
+        directory = _directory(self._app_id)
         for key, answer in zip(urls, answers):
             if not isinstance(answer, httpx.Response):  # unreachable: the replica is gone
                 await directory.forget.remote(key)
@@ -356,7 +361,8 @@ def build_app(args: dict[str, str]) -> serve.Application:
         max_ongoing_requests=256,
     )  # fmt: skip
     ingress = serve.deployment(_ingress_app(), name="orthoserve-ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(replica.bind(values, model_dir, settings.admin_token), base_model)
+    app_id = uuid.uuid4().hex[:12]
+    return ingress.bind(replica.bind(values, model_dir, settings.admin_token, app_id), base_model, app_id)
 
 
 def _slot_count(settings: Any) -> int:
