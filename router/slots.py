@@ -13,7 +13,9 @@ that busy sets cannot starve a waiting one, the waiter asks the least recently u
 kind to *yield*: new requests for that set queue too, and its slot goes to the waiter once its
 running requests end.
 
-Everything here runs on the event loop; a version's moves are serialised by its `moving` future.
+Everything here runs on the event loop. Moves (swap-ins, evictions, removals) run one at a time, each
+to its end even when the request that started it is cancelled, so the engine's slots and this
+bookkeeping never disagree.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from router.errors import AdapterCapacityExceeded, MemoryBudgetExceeded
 from router.ports import AdapterSlotBackend, RegistryObserver, SlotLimits
 from router.resident import ResidentVersion
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class EngineSlots:
         self._observer = observer
         self._versions: dict[int, ResidentVersion] = {}  # slot id → version, every tier
         self._changed = asyncio.Event()  # replaced each time room may have appeared
+        self._moves = asyncio.Lock()  # swap-ins, evictions and removals, one at a time
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -109,26 +114,20 @@ class EngineSlots:
     async def place(self, version: ResidentVersion) -> None:
         """Bring a newly registered version into a free slot, if there is one (a pinned one evicts or
         waits for room). Otherwise it stays on disk until a request needs it."""
-        await self._bring_in(version, wait=version.pinned, evict=version.pinned)
+        await self._bring_in(version, wait=version.pinned, evict=version.pinned, hold=False)
 
     async def remove(self, version: ResidentVersion) -> None:
         """Drop a retired version from the engine and the host (nothing holds it)."""
-        while version.moving is not None:
-            await asyncio.shield(version.moving)
-        moving = asyncio.get_running_loop().create_future()
-        version.moving = moving
-        held = version.residency != "disk"
-        if version.residency == "slot":
-            version.residency = "evicting"  # no longer a candidate for eviction while it leaves
+        await self._move(lambda: self._remove(version))
+
+    async def _remove(self, version: ResidentVersion) -> None:
         try:
-            if held:
+            if version.residency != "disk":
                 await self._backend.unload(version.slot)
         finally:
             self._versions.pop(version.slot, None)
             version.residency = "disk"
             version.host_bytes = 0
-            version.moving = None
-            moving.set_result(None)
             self._room_changed()
 
     # -- requests -------------------------------------------------------------------------------
@@ -136,16 +135,11 @@ class EngineSlots:
     async def hold(self, version: ResidentVersion) -> None:
         """Return once `version` is in a slot and held for one more request (`release` lets go).
         A retired version takes no new holds (Retired: resolve the request's tag again)."""
-        if version.state != "ready":
-            raise Retired(version.label)
-        if version.residency != "slot" or version.yielding or version.moving is not None:
-            version.waiters += 1
-            try:
-                await self._bring_in(version, wait=True, evict=True)
-            finally:
-                version.waiters -= 1
-        version.in_flight += 1
-        version.last_used = time.monotonic()
+        version.waiters += 1
+        try:
+            await self._bring_in(version, wait=True, evict=True, hold=True)
+        finally:
+            version.waiters -= 1
 
     def release(self, version: ResidentVersion) -> None:
         version.in_flight -= 1
@@ -154,27 +148,68 @@ class EngineSlots:
 
     # -- moving versions ------------------------------------------------------------------------
 
-    async def _bring_in(self, version: ResidentVersion, *, wait: bool, evict: bool) -> None:
+    async def _bring_in(self, version: ResidentVersion, *, wait: bool, evict: bool, hold: bool) -> None:
+        """Bring `version` into a slot (with `hold`, held for the caller when this returns); without
+        `wait`, give up when there is no room now."""
         while True:
             if version.state != "ready":
                 raise Retired(version.label)
-            if version.moving is not None:
-                await asyncio.shield(version.moving)
-                continue
             if version.residency == "slot" and version.yielding and not self._others_waiting(version):
                 version.yielding = False  # whoever asked it to yield has stopped waiting
             if version.residency == "slot" and not version.yielding:
+                if hold:
+                    self._hold(version)
                 return
             changed = self._changed
             if version.residency != "slot":
-                victims = self._victims_for(version)
-                if victims is not None and (evict or not victims):
-                    await self._swap_in(version, victims)
+                outcome = await self._move(lambda: self._try_swap_in(version, evict, hold), self._undo_hold(version))
+                if outcome == "held":
+                    return
+                if outcome == "look again":
                     continue
                 if not wait:
                     return
                 self._ask_to_yield(version.kind)
             await changed.wait()
+
+    def _hold(self, version: ResidentVersion) -> None:
+        version.in_flight += 1
+        version.last_used = time.monotonic()
+
+    def _undo_hold(self, version: ResidentVersion) -> Callable[[str], None]:
+        """What to do with a move's outcome nobody awaits any more: let go of the hold it made."""
+        return lambda outcome: self.release(version) if outcome == "held" else None
+
+    async def _move(self, move: Callable[[], Awaitable[T]], abandoned: Callable[[T], None] = lambda _: None) -> T:
+        """Run `move` alone (one move at a time: each sees the slots as the previous one left them)
+        and to its end even if the caller is cancelled, so the engine and this bookkeeping never
+        disagree about where a version is; `abandoned(result)` runs when the caller was cancelled."""
+
+        async def alone() -> T:
+            async with self._moves:
+                return await move()
+
+        task = asyncio.ensure_future(alone())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda done: done.cancelled() or done.exception() or abandoned(done.result()))
+            raise
+
+    async def _try_swap_in(self, version: ResidentVersion, evict: bool, hold: bool) -> str:
+        """Bring `version` into a slot if it fits, evicting idle versions if `evict`, and hold it for
+        the caller if `hold`. "held" (or, without `hold`, "look again" once it is in), "no room", or
+        "look again" when it was brought in or retired meanwhile."""
+        if version.residency == "slot" or version.state != "ready":
+            return "look again"
+        victims = self._victims_for(version)
+        if victims is None or (victims and not evict):
+            return "no room"
+        await self._swap_in(version, victims)
+        if hold and version.residency == "slot":
+            self._hold(version)  # before any other move can evict it again
+            return "held"
+        return "look again"
 
     def _victims_for(self, version: ResidentVersion) -> list[ResidentVersion] | None:
         """The idle versions to evict so `version` fits (least recently used first), or None while it
@@ -229,9 +264,8 @@ class EngineSlots:
             min(busy, key=lambda v: v.last_used).yielding = True
 
     async def _swap_in(self, version: ResidentVersion, victims: list[ResidentVersion]) -> None:
-        moving = asyncio.get_running_loop().create_future()
-        version.moving = moving
-        version.residency, source = "loading", version.residency
+        source = version.residency
+        version.residency = "loading"
         try:
             for victim in victims:
                 await self._evict(victim)
@@ -242,24 +276,23 @@ class EngineSlots:
                 version.nbytes = await self._backend.load(version.slot, version.path)
             version.residency = "slot"
             version.host_bytes = 0
+            logger.debug("brought %s into an engine slot from %s", version.label, source)
             if self._observer is not None:
                 self._observer.swapped_in(version.kind, source, time.perf_counter() - started)
             if self.memory_budget is not None and self.engine_bytes > self.memory_budget:
                 await self._settle_budget(version)
         except BaseException:
-            version.residency = "disk"  # the backend holds nothing of a failed load or restore
-            version.host_bytes = 0
+            if version.residency == "loading":
+                version.residency = "disk"  # the backend holds nothing of a failed load or restore
+                version.host_bytes = 0
             raise
         finally:
-            version.moving = None
-            moving.set_result(None)
             self._room_changed()
 
     async def _evict(self, victim: ResidentVersion) -> None:
-        moving = asyncio.get_running_loop().create_future()
-        victim.moving = moving
         victim.residency = "evicting"
         victim.yielding = False
+        logger.debug("evicting %s (slot id %d)", victim.label, victim.slot)
         keep = self.host.max_sets != 0 and self.host.max_bytes != 0
         try:
             victim.host_bytes = await self._backend.evict(victim.slot, keep)
@@ -267,16 +300,13 @@ class EngineSlots:
         except BaseException:
             victim.residency = "disk"  # the engine drops a slot it could not copy
             raise
-        finally:
-            victim.moving = None
-            moving.set_result(None)
         if self._observer is not None:
             self._observer.evicted(victim.kind, victim.residency)
         await self._trim_host()
 
     async def _trim_host(self) -> None:
         """Drop the least recently used host copies beyond the host limits."""
-        held = sorted((v for v in self._versions.values() if v.residency == "host" and v.moving is None), key=lambda v: v.last_used)
+        held = sorted((v for v in self._versions.values() if v.residency == "host"), key=lambda v: v.last_used)
         count, total = len(held), sum(v.host_bytes for v in held)
         for version in held:
             over_count = self.host.max_sets is not None and count > self.host.max_sets

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.base_model import describe_base_model
+from adapters.base_model import BaseModelInfo, describe_base_model
 from adapters.errors import AdapterError
-from adapters.format import read_manifest
+from adapters.format import AdapterSet, load_adapter_set, read_manifest, save_adapter_set
 from adapters.initialise import init_adapter_set
 from server.http_bench import SERVED_NAME, HttpBenchConfig, free_port, run_load, serving, summarise
 
@@ -47,24 +48,40 @@ class ManySetsConfig:
 
 
 def make_sets(config: ManySetsConfig, log: Callable[[str], None]) -> Path:
-    """`config.sets` random sets of `config.kind` under the work folder (kept between runs)."""
+    """`config.sets` random sets of `config.kind` under the work folder (kept between runs). The first
+    is initialised at random; each other one is that set with every tensor's entries flipped in sign at
+    random (seeded by its index): as many distinct sets of the same scale, made without re-reading
+    the base weights for each."""
     base = describe_base_model(config.load.model_dir)
     root = config.work_dir / f"{config.kind}-sets"
+    paths = [root / f"{config.kind}-{index:04d}" for index in range(config.sets)]
+    first = _made_for(paths[0], base)
+    if first is None:
+        first = init_adapter_set(
+            paths[0], kind=config.kind, base=base, tasks=TASKS[config.kind], mode="random", cache_dir=config.svd_cache_dir,
+            overwrite=True,
+        )  # fmt: skip
     made = 0
-    for index in range(config.sets):
-        path = root / f"{config.kind}-{index:04d}"
-        try:
-            if read_manifest(path).base_fingerprint == base.fingerprint:
-                continue
-        except AdapterError:
-            pass
-        init_adapter_set(
-            path, kind=config.kind, base=base, tasks=TASKS[config.kind], mode="random", seed=index,
-            cache_dir=config.svd_cache_dir, overwrite=True,
+    for index, path in enumerate(paths[1:], start=1):
+        if _made_for(path, base) is not None:
+            continue
+        generator = torch.Generator().manual_seed(index)
+        signs = {name: torch.randint(0, 2, t.shape, generator=generator).to(t.dtype) * 2 - 1 for name, t in first.tensors.items()}
+        save_adapter_set(
+            path, name=path.name, config=first.config, base=base, target_modules=first.target_modules,
+            tasks=first.tasks, tensors={name: t * signs[name] for name, t in first.tensors.items()}, overwrite=True,
         )  # fmt: skip
         made += 1
     log(f"{config.sets} {config.kind} sets under {root} ({made} written now)")
     return root
+
+
+def _made_for(path: Path, base: BaseModelInfo) -> AdapterSet | None:
+    """The set at `path` if a previous run left one for `base` there."""
+    try:
+        return load_adapter_set(path, base)
+    except (AdapterError, OSError):
+        return None
 
 
 def run_many_sets_bench(config: ManySetsConfig, log: Callable[[str], None] = print) -> dict:

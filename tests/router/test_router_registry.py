@@ -484,3 +484,19 @@ async def test_a_yielding_set_serves_again_once_nobody_waits(tmp_path):
     assert a2.target.set_name == "a" and len(backend.slots) == 2
     for lease in (a1, a2, b1):
         lease.release()
+
+
+async def test_a_request_cancelled_mid_swap_in_leaves_the_engine_and_registry_agreeing(tmp_path):
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])
+    c = next(entry for entry in registry.published() if entry.name == "c")
+    backend.gate = asyncio.Event()
+    request = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.01)  # evicting an idle set, then loading c, held at the gate
+    request.cancel()
+    backend.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await asyncio.sleep(0.01)
+    assert c.residency == "slot" and c.slot in backend.slots and c.in_flight == 0  # the move finished; its hold was let go
+    async with await registry.acquire("c/boolq"):
+        assert c.in_flight == 1
