@@ -55,7 +55,8 @@ def test_a_set_beyond_capacity_is_refused_naming_the_limit(tiny_model_dir: Path,
     capacity = AdapterCapacity.build({"lora": {"max_sets": 2, "max_rank": 16}})
     with pytest.raises(AdapterCapacityExceeded, match="max_lora_rank = 64; this server allows 16"):
         capacity.check_limits(lora_manifest(64))
-    capacity.check_limits(lora_manifest(8))  # however many sets are registered: slots are swapped, not a wall
+    fits = lora_manifest(8)
+    capacity.check_limits(fits)  # however many sets are registered: slots are swapped, not a wall
     assert capacity.slot_limits()["lora"].slots == 2
     with pytest.raises(AdapterCapacityExceeded, match="without capacity for lora"):
-        AdapterCapacity.build({"moore": {}}).check_limits(lora_manifest(8))
+        AdapterCapacity.build({"moore": {}}).check_limits(fits)
