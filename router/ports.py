@@ -18,6 +18,25 @@ class SlotLimits:
     task_rows: int
 
 
+@dataclass(frozen=True)
+class Eviction:
+    slot: int
+    keep_host_copy: bool
+
+
+@dataclass(frozen=True)
+class Arrival:
+    slot: int
+    set_dir: Path
+    from_host: bool  # restore the host copy left by its eviction, instead of reading the folder
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    host_bytes: dict[int, int]  # per evicted slot, its host copy's bytes (0: none kept)
+    arrived: dict[int, int | Exception]  # per arrival, the bytes it occupies in the engine, or why it failed
+
+
 class AdapterSlotBackend(Protocol):
     """The engine side of residency (implemented by `server.engine.adapter_backend.AdapterEngineBackend`).
 
@@ -32,21 +51,14 @@ class AdapterSlotBackend(Protocol):
         """Raise AdapterCapacityExceeded when a set's shapes exceed what any slot of its method holds (blocking)."""
         ...
 
-    async def load(self, slot: int, set_dir: Path) -> int:
-        """Put one validated set version, read from its folder, into a free slot of its method; return
-        the bytes it occupies there."""
+    async def move(self, evictions: list[Eviction], arrivals: list[Arrival]) -> MoveOutcome:
+        """In one engine call, free the slots of `evictions` (keeping host copies where asked), then
+        bring `arrivals` in, each from its host copy or its folder. An arrival that fails leaves
+        nothing in the engine and does not stop the others."""
         ...
 
-    async def evict(self, slot: int, keep_host_copy: bool) -> int:
-        """Free the version's engine slot, keeping a host copy if asked; return the copy's bytes."""
-        ...
-
-    async def restore(self, slot: int, set_dir: Path) -> int:
-        """Bring an evicted version back from its host copy into a free slot; return its bytes."""
-        ...
-
-    async def forget(self, slot: int) -> None:
-        """Drop the version's host copy."""
+    async def forget(self, slots: list[int]) -> None:
+        """Drop these versions' host copies."""
         ...
 
     async def unload(self, slot: int) -> object:

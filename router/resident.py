@@ -40,6 +40,7 @@ class ResidentVersion:
     host_bytes: int = 0  # its host copy's bytes, while evicted with one
     yielding: bool = False  # gives its slot up once its requests end; new requests queue
     waiters: int = 0  # requests waiting for it to be brought in
+    waiting_since: float = 0.0  # monotonic time its first waiting request began to wait
     freed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task_targets: tuple[RouteTarget, ...] = field(init=False, repr=False)
     input_target: RouteTarget = field(init=False, repr=False)

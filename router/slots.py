@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from router.errors import AdapterCapacityExceeded, MemoryBudgetExceeded
-from router.ports import AdapterSlotBackend, RegistryObserver, SlotLimits
+from router.ports import AdapterSlotBackend, Arrival, Eviction, RegistryObserver, SlotLimits
 from router.resident import ResidentVersion
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ class EngineSlots:
     async def hold(self, version: ResidentVersion) -> None:
         """Return once `version` is in a slot and held for one more request (`release` lets go).
         A retired version takes no new holds (Retired: resolve the request's tag again)."""
+        if not version.waiters:
+            version.waiting_since = time.monotonic()
         version.waiters += 1
         try:
             await self._bring_in(version, wait=True, evict=True, hold=True)
@@ -199,31 +201,47 @@ class EngineSlots:
     async def _try_swap_in(self, version: ResidentVersion, evict: bool, hold: bool) -> str:
         """Bring `version` into a slot if it fits, evicting idle versions if `evict`, and hold it for
         the caller if `hold`. "held" (or, without `hold`, "look again" once it is in), "no room", or
-        "look again" when it was brought in or retired meanwhile."""
+        "look again" when it was brought in or retired meanwhile. Other versions that requests wait
+        for come in with it, in the same engine call, as far as the slots allow."""
         if version.residency == "slot" or version.state != "ready":
             return "look again"
-        victims = self._victims_for(version)
+        victims = self._victims_for(version, leaving=[])
         if victims is None or (victims and not evict):
             return "no room"
-        await self._swap_in(version, victims)
+        arrivals = [(version, version.residency)]
+        version.residency = "loading"
+        for other in self._waited_for():
+            more = self._victims_for(other, leaving=victims)
+            if more is not None:
+                arrivals.append((other, other.residency))
+                other.residency = "loading"
+                victims = victims + more
+        await self._swap_in(arrivals, victims)
         if hold and version.residency == "slot":
             self._hold(version)  # before any other move can evict it again
             return "held"
         return "look again"
 
-    def _victims_for(self, version: ResidentVersion) -> list[ResidentVersion] | None:
-        """The idle versions to evict so `version` fits (least recently used first), or None while it
-        cannot fit without waiting."""
+    def _waited_for(self) -> list[ResidentVersion]:
+        """Versions outside the slots that requests wait for, longest waiting first."""
+        waited = (v for v in self._versions.values() if v.waiters and v.state == "ready" and v.residency in ("host", "disk"))
+        return sorted(waited, key=lambda v: v.waiting_since)
+
+    def _victims_for(self, version: ResidentVersion, leaving: list[ResidentVersion]) -> list[ResidentVersion] | None:
+        """The idle versions to evict so `version` fits once `leaving` are gone (least recently used
+        first), or None while it cannot fit without waiting."""
         limits = self.limits[version.kind]
-        same_kind = self.in_slots(version.kind)
+        staying = [v for v in self.in_slots() if v not in leaving]
+        same_kind = [v for v in staying if v.kind == version.kind]
         slots_short = len(same_kind) + 1 - limits.slots
         rows_short = sum(v.task_rows for v in same_kind) + version.task_rows - limits.task_rows
-        bytes_short = 0 if self.memory_budget is None else self.engine_bytes + version.nbytes - self.memory_budget
+        engine_bytes = sum(v.nbytes for v in staying)
+        bytes_short = 0 if self.memory_budget is None else engine_bytes + version.nbytes - self.memory_budget
         victims: list[ResidentVersion] = []
         for candidate in self._idle():
             if slots_short <= 0 and rows_short <= 0 and bytes_short <= 0:
                 break
-            if candidate.kind != version.kind and bytes_short <= 0:
+            if candidate in leaving or (candidate.kind != version.kind and bytes_short <= 0):
                 continue  # another method's slot only helps the memory budget
             victims.append(candidate)
             if candidate.kind == version.kind:
@@ -243,14 +261,18 @@ class EngineSlots:
         for victim in self._idle(besides=version):
             if self.engine_bytes <= self.memory_budget:
                 return
-            await self._evict(victim)
+            await self._swap_in([], [victim])
         if self.engine_bytes > self.memory_budget:
-            await self._evict(version)
+            await self._swap_in([], [version])
 
     def _idle(self, besides: ResidentVersion | None = None) -> list[ResidentVersion]:
         """Versions in slots that nothing holds and that may be evicted, yielding ones first, then the
-        least recently used."""
-        idle = (v for v in self.in_slots() if v.residency == "slot" and v.in_flight == 0 and not v.pinned and v is not besides)
+        least recently used. One that requests wait for is not idle unless it yields."""
+        idle = (
+            v
+            for v in self.in_slots()
+            if v.residency == "slot" and v.in_flight == 0 and not v.pinned and v is not besides and (v.yielding or not v.waiters)
+        )
         return sorted(idle, key=lambda v: (not v.yielding, v.last_used))
 
     def _others_waiting(self, version: ResidentVersion) -> bool:
@@ -263,51 +285,60 @@ class EngineSlots:
         if busy and not any(v.yielding for v in busy):
             min(busy, key=lambda v: v.last_used).yielding = True
 
-    async def _swap_in(self, version: ResidentVersion, victims: list[ResidentVersion]) -> None:
-        source = version.residency
-        version.residency = "loading"
+    async def _swap_in(self, arrivals: list[tuple[ResidentVersion, str]], victims: list[ResidentVersion]) -> None:
+        """Evict `victims`, then bring in `arrivals` (each marked "loading", with the tier it comes
+        from), in one engine call. Raises why the first arrival failed, if it did; the others that
+        failed go back to disk, and their requests meet the failure when they try again."""
+        keep = self.host.max_sets != 0 and self.host.max_bytes != 0
+        for victim in victims:
+            victim.residency = "evicting"
+            victim.yielding = False
+            logger.debug("evicting %s (slot id %d)", victim.label, victim.slot)
+        started = time.perf_counter()
         try:
-            for victim in victims:
-                await self._evict(victim)
-            started = time.perf_counter()
-            if source == "host":
-                version.nbytes = await self._backend.restore(version.slot, version.path)
-            else:
-                version.nbytes = await self._backend.load(version.slot, version.path)
-            version.residency = "slot"
+            outcome = await self._backend.move(
+                [Eviction(v.slot, keep) for v in victims],
+                [Arrival(v.slot, v.path, source == "host") for v, source in arrivals],
+            )
+        except BaseException:
+            for version in [*victims, *(v for v, _ in arrivals)]:
+                version.residency = "disk"  # the engine drops what it could not move
+                version.host_bytes = 0
+            self._room_changed()
+            raise
+        seconds = time.perf_counter() - started
+        for victim in victims:
+            victim.host_bytes = outcome.host_bytes.get(victim.slot, 0)
+            victim.residency = "host" if victim.host_bytes else "disk"
+            if self._observer is not None:
+                self._observer.evicted(victim.kind, victim.residency)
+        now = time.monotonic()
+        for version, source in arrivals:
+            result = outcome.arrived[version.slot]
             version.host_bytes = 0
+            if isinstance(result, Exception):
+                version.residency = "disk"
+                continue
+            version.nbytes, version.residency, version.last_used = result, "slot", now
             logger.debug("brought %s into an engine slot from %s", version.label, source)
             if self._observer is not None:
-                self._observer.swapped_in(version.kind, source, time.perf_counter() - started)
-            if self.memory_budget is not None and self.engine_bytes > self.memory_budget:
-                await self._settle_budget(version)
-        except BaseException:
-            if version.residency == "loading":
-                version.residency = "disk"  # the backend holds nothing of a failed load or restore
-                version.host_bytes = 0
-            raise
+                self._observer.swapped_in(version.kind, source, seconds)
+        try:
+            await self._trim_host()
+            for version, _ in arrivals:
+                if version.residency == "slot" and self.memory_budget is not None and self.engine_bytes > self.memory_budget:
+                    await self._settle_budget(version)
         finally:
             self._room_changed()
-
-    async def _evict(self, victim: ResidentVersion) -> None:
-        victim.residency = "evicting"
-        victim.yielding = False
-        logger.debug("evicting %s (slot id %d)", victim.label, victim.slot)
-        keep = self.host.max_sets != 0 and self.host.max_bytes != 0
-        try:
-            victim.host_bytes = await self._backend.evict(victim.slot, keep)
-            victim.residency = "host" if victim.host_bytes else "disk"
-        except BaseException:
-            victim.residency = "disk"  # the engine drops a slot it could not copy
-            raise
-        if self._observer is not None:
-            self._observer.evicted(victim.kind, victim.residency)
-        await self._trim_host()
+        first = arrivals[0][0] if arrivals else None
+        if first is not None and isinstance(outcome.arrived[first.slot], Exception):
+            raise outcome.arrived[first.slot]
 
     async def _trim_host(self) -> None:
         """Drop the least recently used host copies beyond the host limits."""
         held = sorted((v for v in self._versions.values() if v.residency == "host"), key=lambda v: v.last_used)
         count, total = len(held), sum(v.host_bytes for v in held)
+        dropped = []
         for version in held:
             over_count = self.host.max_sets is not None and count > self.host.max_sets
             over_bytes = self.host.max_bytes is not None and total > self.host.max_bytes
@@ -316,7 +347,9 @@ class EngineSlots:
             version.residency = "disk"
             count, total = count - 1, total - version.host_bytes
             version.host_bytes = 0
-            await self._backend.forget(version.slot)
+            dropped.append(version.slot)
+        if dropped:
+            await self._backend.forget(dropped)
 
     def _room_changed(self) -> None:
         self._changed.set()

@@ -4,8 +4,8 @@ One orthoserve server registers `sets` sets of one kind at start (`--adapter-set
 engine slots for that kind. The same streamed workload as `bench-http` then runs three times, one
 after the other: every request on the base model; each request on a set drawn uniformly from all
 sets; and on a set drawn from a Zipf law (rank r with weight 1/r^alpha), the way a few adapters take
-most traffic. Reported: throughput against base, TTFT p50/p99, swap-ins per second (from the
-server's metrics), the time to register the sets at start, and host memory per host copy.
+most traffic. Reported: throughput against base, TTFT p50/p99, swap-ins per second and swap-in
+latency p50/p99 (read from the server's histogram, interpolated inside its buckets), the time to register the sets at start, and host memory per host copy.
 """
 
 from __future__ import annotations
@@ -108,12 +108,16 @@ def run_many_sets_bench(config: ManySetsConfig, log: Callable[[str], None] = pri
         log(f"{len(listing['data'])} sets registered in {registration:.1f} s (server ready after {start_seconds:.1f} s)")
         asyncio.run(run_load(port, prompts[:8], load, [SERVED_NAME] * 8))  # warm-up
         for name, models in workloads.items():
-            swap_ins_before = _swap_ins(port)
+            before = _swap_in_buckets(port)
             seconds, ttfts, tokens = asyncio.run(run_load(port, prompts, load, models))
             run = summarise(name, seconds, ttfts, tokens)
-            swap_ins = _swap_ins(port) - swap_ins_before
-            results[name] = asdict(run) | {"swap_ins": swap_ins, "swap_ins_per_second": swap_ins / seconds,
-                                           "distinct_sets": len(set(models) - {SERVED_NAME})}  # fmt: skip
+            during = {bound: count - before.get(bound, 0.0) for bound, count in _swap_in_buckets(port).items()}
+            swap_ins = during.get(float("inf"), 0.0)
+            results[name] = asdict(run) | {
+                "swap_ins": swap_ins, "swap_ins_per_second": swap_ins / seconds,
+                "swap_in_p50": histogram_quantile(0.5, during), "swap_in_p99": histogram_quantile(0.99, during),
+                "distinct_sets": len(set(models) - {SERVED_NAME}),
+            }  # fmt: skip
             log(f"{name}: {run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_p50 * 1000:.0f} ms, {swap_ins:.0f} swap-ins")
         listing = _listing(port)
         rss_after = _tree_rss(process)
@@ -140,14 +144,15 @@ def render_table(report: dict) -> str:
         f"{config['sets']} {config['kind']} sets registered, {config['slots']} engine slots; "
         f"registration at start {report['registration_seconds']:.1f} s",
         "",
-        "| workload | tok/s | × base | TTFT p50 (ms) | TTFT p99 (ms) | swap-ins/s | distinct sets |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| workload | tok/s | × base | TTFT p50 (ms) | TTFT p99 (ms) | swap-ins/s | swap-in p50 (ms) | swap-in p99 (ms) | distinct sets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, result in report["results"].items():
         ratio = report["ratios"].get(name, 1.0)
         lines.append(
             f"| {name} | {result['tokens_per_second']:.1f} | {ratio:.3f} | {result['ttft_p50'] * 1000:.0f} | "
-            f"{result['ttft_p99'] * 1000:.0f} | {result['swap_ins_per_second']:.2f} | {result['distinct_sets']} |"
+            f"{result['ttft_p99'] * 1000:.0f} | {result['swap_ins_per_second']:.2f} | {_ms(result['swap_in_p50'])} | "
+            f"{_ms(result['swap_in_p99'])} | {result['distinct_sets']} |"
         )
     tiers = report["tiers"]
     lines += [
@@ -157,6 +162,10 @@ def render_table(report: dict) -> str:
         f"server RSS {report['rss_registered'] / 2**20:.0f} MiB registered, {report['rss_after'] / 2**20:.0f} MiB after",
     ]
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.0f}"
 
 
 def write_json(report: dict, path: Path) -> None:
@@ -187,14 +196,33 @@ def _listing(port: int) -> dict:
     return httpx.get(f"http://127.0.0.1:{port}/v1/adapter-sets", headers=headers, timeout=60).json()
 
 
-def _swap_ins(port: int) -> float:
+def _swap_in_buckets(port: int) -> dict[float, float]:
+    """The server's swap-in latency histogram, every kind and source together: upper bound → cumulative count."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "orthoserve_adapter_swap_ins_total"
-    )
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "orthoserve_adapter_swap_in_seconds_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The q-quantile of a cumulative histogram, interpolated linearly inside its bucket (as
+    Prometheus's `histogram_quantile`); None for an empty one. Past the last finite bound: that bound."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total == 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (buckets[bound] - below)
+        lower, below = bound, buckets[bound]
+    return lower
 
 
 def _tree_rss(process: subprocess.Popen) -> int:

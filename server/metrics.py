@@ -72,6 +72,12 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0,
 )
 DEFAULT_MAX_TASKS = 256
+SWAP_IN_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Swap-ins take milliseconds to a few hundred: finer buckets than request latencies, so that
+quantiles read from them (as `histogram_quantile` does) are worth reporting."""
 
 BASE_LABEL = "base"
 UNKNOWN_LABEL = "_unknown"
@@ -211,8 +217,10 @@ class ServingMetrics:
             "orthoserve_adapter_evictions", "Set versions evicted from an engine slot, by where to (host, disk).",
             ("kind", "to"), registry=self.registry,
         )
-        self.swap_in_seconds = histogram(
-            "orthoserve_adapter_swap_in_seconds", "Time to bring a set version into an engine slot.", ("kind", "source")
+        self.swap_in_seconds = Histogram(
+            "orthoserve_adapter_swap_in_seconds",
+            "Time to bring a set version into an engine slot: the engine call that moves it, waiting for the step under way included.",
+            ("kind", "source"), buckets=SWAP_IN_BUCKETS, registry=self.registry,
         )
         self._resident: dict[str, dict[int, int]] = defaultdict(dict)  # set → version → bytes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from adapters.serving.bank import ProjectionBank
@@ -38,13 +39,19 @@ class SlotCopy:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _nonzero_extent(view: torch.Tensor) -> tuple[int, ...]:
-    """Per dim, one past the last index holding a nonzero value (0 for an all-zero view)."""
+_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero_extent(host: torch.Tensor) -> tuple[int, ...]:
+    """Per dim, one past the last index holding a nonzero value (0 for an all-zero tensor). Read as
+    integers of the same width in numpy: a few small array operations, where per-dim torch
+    reductions cost most of an eviction. A negative zero counts as nonzero, which only widens the block."""
+    used = host.contiguous().view(_SAME_SIZE_INT[host.element_size()]).numpy() != 0
     extent = []
-    for dim in range(view.dim()):
-        others = [d for d in range(view.dim()) if d != dim]
-        used = torch.nonzero(view.ne(0).any(dim=others) if others else view.ne(0))
-        extent.append(int(used.max()) + 1 if used.numel() else 0)
+    for dim in range(used.ndim):
+        others = tuple(d for d in range(used.ndim) if d != dim)
+        indices = np.flatnonzero(used.any(axis=others) if others else used)
+        extent.append(int(indices[-1]) + 1 if indices.size else 0)
     return tuple(extent)
 
 

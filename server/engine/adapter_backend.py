@@ -1,8 +1,8 @@
 """Loads adapter-set versions into the engine's workers and tags requests so the workers route them.
 
 Contract used by the router:
-- `await backend.load(slot, set_dir)` puts one validated adapter-set version into every worker under
-  `slot` (an int never reused) and returns the bytes it occupies there.
+- `await backend.move(evictions, arrivals)` frees engine slots and brings set versions into every
+  worker under their `slot` ids (ints never reused), in one engine call.
 - `await backend.unload(slot)` frees it; callers guarantee no running request still uses the slot.
 - `request_routing(target)` gives what a request carries into the engine (routing entry, cache salt).
 
@@ -26,7 +26,7 @@ from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
-from router.ports import SlotLimits
+from router.ports import Arrival, Eviction, MoveOutcome, SlotLimits
 from router.step_routing import RequestRoute
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
@@ -75,28 +75,39 @@ class AdapterEngineBackend:
     def check_set(self, set_dir: Path) -> None:
         self._capacity.check_limits(read_manifest(set_dir))
 
-    async def load(self, slot: int, set_dir: Path) -> int:
-        args = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, read_manifest(set_dir))
-        return await self._into_slot("orthoserve_load_slot", args)
+    async def move(self, evictions: list[Eviction], arrivals: list[Arrival]) -> MoveOutcome:
+        factors = await asyncio.to_thread(self._factors_dirs, arrivals)
+        arrived: dict[int, int | Exception] = {slot: error for slot, error in factors.items() if isinstance(error, Exception)}
+        sent = [a for a in arrivals if a.slot not in arrived]
+        per_rank = await self._engine.collective_rpc(
+            "orthoserve_move",
+            args=([(e.slot, e.keep_host_copy) for e in evictions], [(a.slot, str(a.set_dir), factors[a.slot], a.from_host) for a in sent]),
+        )
+        for index, arrival in enumerate(sent):
+            results = [rank["arrived"][index] for rank in per_rank]
+            failures = [result["error"] for result in results if "error" in result]
+            if failures:
+                # Some rank failed: the others may hold the set. Drop it everywhere, then report.
+                await self._engine.collective_rpc("orthoserve_unload_slot", args=(arrival.slot,))
+                arrived[arrival.slot] = AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
+            else:
+                arrived[arrival.slot] = max(result["bytes"] for result in results)  # bytes on the most loaded rank
+        host_bytes = {e.slot: max(rank["host_bytes"][index] for rank in per_rank) for index, e in enumerate(evictions)}
+        return MoveOutcome(host_bytes, arrived)
 
-    async def restore(self, slot: int, set_dir: Path) -> int:
-        _, _, factors_dir = await asyncio.to_thread(load_slot_args, self._factors, slot, set_dir, read_manifest(set_dir))
-        return await self._into_slot("orthoserve_restore_slot", (slot, factors_dir))
+    def _factors_dirs(self, arrivals: list[Arrival]) -> dict[int, str | None | Exception]:
+        """Per arrival, the base factors folder its method reads (computed first if missing), None if
+        it reads none, or why its folder cannot be read."""
+        factors: dict[int, str | None | Exception] = {}
+        for arrival in arrivals:
+            try:
+                factors[arrival.slot] = load_slot_args(self._factors, arrival.slot, arrival.set_dir, read_manifest(arrival.set_dir))[2]
+            except Exception as error:  # noqa: BLE001 - this arrival fails; the move goes on without it
+                factors[arrival.slot] = error
+        return factors
 
-    async def _into_slot(self, method: str, args: tuple) -> int:
-        per_rank = await self._engine.collective_rpc(method, args=args)
-        failures = [result["error"] for result in per_rank if "error" in result]
-        if failures:
-            # Some rank failed: the others may hold the set. Drop it everywhere, then report.
-            await self._engine.collective_rpc("orthoserve_unload_slot", args=(args[0],))
-            raise AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
-        return max(result["bytes"] for result in per_rank)  # bytes on the most loaded rank
-
-    async def evict(self, slot: int, keep_host_copy: bool) -> int:
-        return max(await self._engine.collective_rpc("orthoserve_evict_slot", args=(slot, keep_host_copy)))
-
-    async def forget(self, slot: int) -> None:
-        await self._engine.collective_rpc("orthoserve_forget_slot", args=(slot,))
+    async def forget(self, slots: list[int]) -> None:
+        await self._engine.collective_rpc("orthoserve_forget", args=(slots,))
 
     async def unload(self, slot: int) -> int:
         return max(await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,)))

@@ -65,21 +65,29 @@ class OrthoserveWorkerExtension:
         """Drop `slot`, its host copy, and the base factors no remaining slot needs. Returns the bytes freed."""
         return self._orthoserve_adapters().unload(slot)
 
-    def orthoserve_evict_slot(self, slot: int, keep_host_copy: bool) -> int:
-        """Free `slot`'s bank slot, keeping a host copy of it if asked; returns the copy's bytes."""
-        return self._orthoserve_adapters().evict(slot, keep_host_copy)
+    def orthoserve_move(
+        self, evictions: list[tuple[int, bool]], arrivals: list[tuple[int, str, str | None, bool]]
+    ) -> dict[str, list]:
+        """Evict `(slot, keep_host_copy)` pairs, then bring in `(slot, set_dir, factors_dir, from_host)`
+        arrivals, in one call between engine steps. Returns `{"host_bytes": [n per eviction],
+        "arrived": [{"bytes": n} or {"error": why} per arrival]}`; failures are returned, not raised
+        (see load)."""
+        adapters = self._orthoserve_adapters()
+        host_bytes = [adapters.evict(slot, keep) for slot, keep in evictions]
+        arrived: list[dict[str, int | str]] = []
+        for slot, set_dir, factors_dir, from_host in arrivals:
+            factors = pathlib.Path(factors_dir) if factors_dir else None
+            try:
+                nbytes = adapters.restore(slot, factors) if from_host else adapters.load(slot, pathlib.Path(set_dir), factors)
+                arrived.append({"bytes": nbytes})
+            except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
+                arrived.append({"error": f"{type(error).__name__}: {error}"})
+        return {"host_bytes": host_bytes, "arrived": arrived}
 
-    def orthoserve_restore_slot(self, slot: int, factors_dir: str | None) -> dict[str, int | str]:
-        """Bring `slot` back from its host copy: `{"bytes": n}`, or `{"error": why}` (see load)."""
-        factors = pathlib.Path(factors_dir) if factors_dir else None
-        try:
-            return {"bytes": self._orthoserve_adapters().restore(slot, factors)}
-        except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
-            return {"error": f"{type(error).__name__}: {error}"}
-
-    def orthoserve_forget_slot(self, slot: int) -> None:
-        """Drop `slot`'s host copy."""
-        self._orthoserve_adapters().forget(slot)
+    def orthoserve_forget(self, slots: list[int]) -> None:
+        """Drop these slots' host copies."""
+        for slot in slots:
+            self._orthoserve_adapters().forget(slot)
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:
         return self._orthoserve_adapters().resident_bytes()

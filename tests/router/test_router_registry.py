@@ -24,7 +24,7 @@ from router.errors import (
     TaskTagInvalid,
 )
 from router.paths import AdapterRoots
-from router.ports import SetDescription, SetInspection, SlotLimits
+from router.ports import Arrival, Eviction, MoveOutcome, SetDescription, SetInspection, SlotLimits
 from router.registry import AdapterRegistry
 from router.slots import HostLimits
 
@@ -52,6 +52,7 @@ class MemorySlots:
         self.gate: asyncio.Event | None = None
         self.fail_next = False
         self.moves: list[tuple[str, int]] = []
+        self.engine_calls = 0  # `move` calls: each is one pause of the engine between steps
         self.delay: random.Random | None = None  # when set, every engine call takes a random few ms
 
     async def _engine_time(self) -> None:
@@ -64,34 +65,35 @@ class MemorySlots:
     def check_set(self, set_dir: Path) -> None:
         pass
 
-    async def load(self, slot: int, set_dir: Path) -> int:
+    async def move(self, evictions: list[Eviction], arrivals: list[Arrival]) -> MoveOutcome:
+        """Evictions, then arrivals, as the engine does them: a failing arrival leaves nothing behind."""
+        self.engine_calls += 1
         await self._engine_time()
+        host_bytes = {}
+        for eviction in evictions:
+            del self.slots[eviction.slot]
+            self.moves.append(("evict", eviction.slot))
+            if eviction.keep_host_copy:
+                self.host[eviction.slot] = 400
+            host_bytes[eviction.slot] = 400 if eviction.keep_host_copy else 0
         if self.gate is not None:
             await self.gate.wait()
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("engine refused")
-        self.slots[slot] = 1000
-        self.moves.append(("load", slot))
-        return 1000
+        arrived: dict[int, int | Exception] = {}
+        for arrival in arrivals:
+            if arrival.from_host:
+                del self.host[arrival.slot]
+            if self.fail_next:
+                self.fail_next = False
+                arrived[arrival.slot] = RuntimeError("engine refused")
+                continue
+            self.slots[arrival.slot] = 1000
+            self.moves.append(("restore" if arrival.from_host else "load", arrival.slot))
+            arrived[arrival.slot] = 1000
+        return MoveOutcome(host_bytes, arrived)
 
-    async def evict(self, slot: int, keep_host_copy: bool) -> int:
-        await self._engine_time()
-        del self.slots[slot]
-        self.moves.append(("evict", slot))
-        if keep_host_copy:
-            self.host[slot] = 400
-        return 400 if keep_host_copy else 0
-
-    async def restore(self, slot: int, set_dir: Path) -> int:
-        await self._engine_time()
-        del self.host[slot]
-        self.slots[slot] = 1000
-        self.moves.append(("restore", slot))
-        return 1000
-
-    async def forget(self, slot: int) -> None:
-        del self.host[slot]
+    async def forget(self, slots: list[int]) -> None:
+        for slot in slots:
+            del self.host[slot]
 
     async def unload(self, slot: int) -> None:
         await self._engine_time()
@@ -500,3 +502,26 @@ async def test_a_request_cancelled_mid_swap_in_leaves_the_engine_and_registry_ag
     assert c.residency == "slot" and c.slot in backend.slots and c.in_flight == 0  # the move finished; its hold was let go
     async with await registry.acquire("c/boolq"):
         assert c.in_flight == 1
+
+
+async def test_sets_waited_for_together_come_in_with_one_engine_call(tmp_path):
+    names = ["a", "b", "c", "d", "e"]
+    registry, backend, events = await two_slot_registry(tmp_path, names)
+    first = await registry.acquire("c/boolq")  # c and d take the two slots
+    second = await registry.acquire("d/boolq")
+    backend.gate = asyncio.Event()
+    waiting = [asyncio.ensure_future(registry.acquire(f"{name}/boolq")) for name in ("a", "b")]
+    await asyncio.sleep(0.01)
+    assert all(not request.done() for request in waiting), "both slots are held"
+    calls_before = backend.engine_calls
+    first.release()
+    second.release()
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    leases = await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert backend.engine_calls - calls_before == 1, "both evictions and both arrivals in one engine call"
+    assert sorted(lease.target.set_name for lease in leases) == ["a", "b"]
+    assert set(backend.slots) == {lease.target.slot for lease in leases}
+    assert sum(entry[0] == "swapped_in" for entry in events.log) >= 2
+    for lease in leases:
+        lease.release()

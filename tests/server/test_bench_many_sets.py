@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from server.cli import app
+from server.many_sets_bench import histogram_quantile
 
 
 def test_bench_many_sets_reports_every_workload(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -30,4 +32,15 @@ def test_bench_many_sets_reports_every_workload(tiny_model_dir: Path, tmp_path: 
     assert sum(report["tiers"].values()) == 12 and report["tiers"]["slot"] <= 3
     assert report["tiers"]["host"] > 0 and report["host_bytes_per_set"] > 0
     assert report["registration_seconds"] > 0
+    uniform = report["results"]["uniform"]
+    assert 0 < uniform["swap_in_p50"] <= uniform["swap_in_p99"] and report["results"]["base"]["swap_in_p50"] is None
     assert "| uniform |" in result.output
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
+    buckets = {0.01: 2.0, 0.02: 6.0, 0.05: 10.0, float("inf"): 10.0}  # 2 under 10 ms, 4 in 10–20 ms, 4 in 20–50 ms
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.01 + 0.01 * (5 - 2) / 4)
+    assert histogram_quantile(0.1, buckets) == pytest.approx(0.005)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.02 + 0.03 * (9.9 - 6) / 4)
+    assert histogram_quantile(0.5, {0.01: 0.0, float("inf"): 0.0}) is None
+    assert histogram_quantile(0.99, {0.01: 1.0, float("inf"): 4.0}) == 0.01  # past the last finite bound
