@@ -1,25 +1,9 @@
-"""Domain errors: the one error type, and every adapter-set failure with a stable `code` naming what to fix.
-
-They are raised here (and in router/, server/) and turned into HTTP responses once, in the server;
-nothing matches message text.
-"""
+"""Adapter-set errors: every failure of a set (or of the base model it is checked against) with a
+stable `code` naming what to fix. All are `errors.domain.DomainError`s."""
 
 from __future__ import annotations
 
-
-class DomainError(Exception):
-    """The one error type of orthoserve's domain: a stable `code`, a `message` for people, the request
-    field at fault (`param`) and the HTTP `status` the server answers with. Every subclass fixes its
-    code and status; the server turns any of them into OpenAI's error envelope in one place."""
-
-    code: str | None = None
-    status: int = 400
-    type: str = "invalid_request_error"  # the envelope's `type`
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+from errors.domain import DomainError
 
 
 class AdapterError(DomainError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapters.errors import DomainError
+from errors.domain import DomainError
 
 
 class RouterError(DomainError):

@@ -23,7 +23,9 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.asgi_support import error_response, is_generation_request, replaying
+from errors.envelope import domain_error_response
+from server.asgi_support import is_generation_request, replaying
+from server.errors import ServerOverloaded
 from server.lifecycle import RequestRecord
 
 BASE_SET = "base"
@@ -140,9 +142,7 @@ class AdmissionMiddleware:
         if refusal is not None:
             self.rejections.request_rejected(set_name)
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            response = error_response(
-                429, f"{refusal} Retry later.", code="server_overloaded", type="server_error", headers=headers
-            )
+            response = domain_error_response(ServerOverloaded(f"{refusal} Retry later."), headers=headers)
             await response(scope, receive, send)
             return
         ticket = self.controller.admit(set_name)

@@ -24,7 +24,8 @@ from server.deadlines import DeadlineMiddleware
 from server.engine.adapter_backend import AdapterEngineBackend
 from server.engine.service import EngineService
 from server.engine_watch import EngineGateMiddleware, EngineWatch, stop_by_signal
-from server.errors import EngineUnavailable, install_error_handlers
+from server.error_handlers import install_error_handlers
+from server.errors import EngineUnavailable
 from server.metrics import UNKNOWN_LABEL, ServingMetrics
 from server.openapi_errors import declare_error_responses
 from server.settings import Settings

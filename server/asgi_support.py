@@ -1,32 +1,20 @@
 """Small ASGI helpers shared by the request guards (body limit, admission, deadlines, engine gate).
 
-The guards are plain ASGI middleware so they wrap whatever routes the app mounts; they answer in
-OpenAI's error envelope themselves, before or instead of the route.
+The guards are plain ASGI middleware so they wrap whatever routes the app mounts; they answer with
+the server's domain errors in OpenAI's envelope (`errors.envelope`), before or instead of the route.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
-from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
+
+from errors.domain import DomainError
+from errors.envelope import error_event
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 """Routes that start engine work: admission and deadlines apply to these."""
-
-
-def error_response(
-    status: int, message: str, *, code: str, type: str = "invalid_request_error", headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def sse_error_event(message: str, *, code: str, type: str = "server_error") -> bytes:
-    """The last events of a stream that ends in an error: the envelope, then `[DONE]`."""
-    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
-    return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode()
 
 
 def is_generation_request(scope: Scope, paths: Iterable[str] = GENERATION_PATHS) -> bool:
@@ -72,8 +60,9 @@ class ResponseTracker:
             self.ended = True
         await self._send(message)
 
-    async def end_stream_with_error(self, message: str, *, code: str) -> None:
-        """After the headers went out: close an event stream with an error event, or cut the body."""
-        body = sse_error_event(message, code=code) if self.event_stream else b""
+    async def end_stream_with_error(self, error: DomainError) -> None:
+        """After the headers went out: close an event stream with `error`'s event and `[DONE]`, or cut
+        the body."""
+        body = f"{error_event(error)}data: [DONE]\n\n".encode() if self.event_stream else b""
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
         self.ended = True

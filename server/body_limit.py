@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.asgi_support import error_response, header, replaying
+from errors.envelope import domain_error_response
+from server.asgi_support import header, replaying
+from server.errors import RequestTooLarge
 
 
 class BodyLimitMiddleware:
@@ -41,4 +43,4 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"The request body is larger than the server's limit of {self.max_bytes} bytes."
-        await error_response(413, message, code="request_too_large")(scope, receive, send)
+        await domain_error_response(RequestTooLarge(message))(scope, receive, send)

@@ -12,7 +12,9 @@ import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.asgi_support import ResponseTracker, error_response, header, is_generation_request
+from errors.envelope import domain_error_response
+from server.asgi_support import ResponseTracker, header, is_generation_request
+from server.errors import InvalidRequestTimeout, RequestTimeout
 
 TIMEOUT_HEADER = b"x-request-timeout"
 MAX_TIMEOUT_SECONDS = 24 * 3600
@@ -31,7 +33,7 @@ class DeadlineMiddleware:
         timeout = self.default_timeout if raw is None else _parse_timeout(raw)
         if timeout is None and raw is not None:
             message = f"x-request-timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}, not {raw!r}."
-            await error_response(400, message, code="invalid_request_timeout")(scope, receive, send)
+            await domain_error_response(InvalidRequestTimeout(message))(scope, receive, send)
             return
         if timeout is None:
             await self.app(scope, receive, send)
@@ -45,12 +47,13 @@ class DeadlineMiddleware:
                 raise
             if tracker.ended:
                 return
-            message = f"The request did not finish within its {timeout:g}-second deadline; its work was stopped."
+            error = RequestTimeout(
+                f"The request did not finish within its {timeout:g}-second deadline; its work was stopped."
+            )
             if tracker.started:
-                await tracker.end_stream_with_error(message, code="request_timeout")
+                await tracker.end_stream_with_error(error)
             else:
-                response = error_response(504, message, code="request_timeout", type="server_error")
-                await response(scope, receive, send)
+                await domain_error_response(error)(scope, receive, send)
 
 
 def _parse_timeout(raw: str) -> float | None:

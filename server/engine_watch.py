@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.asgi_support import error_response
+from errors.envelope import domain_error_response
+from server.errors import EngineUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ class EngineGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch()
         if scope["type"] == "http" and scope["path"] not in PROBE_PATHS and watch is not None and watch.check():
-            response = error_response(
-                503, "The engine has stopped; the server is restarting.", code="engine_unavailable", type="server_error"
-            )
+            response = domain_error_response(EngineUnavailable("The engine has stopped; the server is restarting."))
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from errors.envelope import ErrorResponse
 from server.asgi_support import GENERATION_PATHS
-from server.errors import ErrorResponse
 
 DESCRIPTIONS = {
     400: "Malformed request: invalid JSON, fields, task tag or `x-request-timeout`.",
@@ -32,6 +32,9 @@ DESCRIPTIONS = {
 }
 
 ADMIN_PREFIX = "/v1/adapter-sets"
+LOAD_LORA_PATH = "/v1/load_lora_adapter"  # vLLM's adapter endpoints, on the admin API
+UNLOAD_LORA_PATH = "/v1/unload_lora_adapter"
+_ADMIN_PATHS = (LOAD_LORA_PATH, UNLOAD_LORA_PATH)
 TOKENIZER_PATHS = ("/tokenize", "/detokenize")  # they resolve the `model` tag too
 _REF_PREFIX = "#/components/schemas/"
 
@@ -41,22 +44,29 @@ _EVERY_ROUTE = frozenset({413, 500, 503})
 _RULES: tuple[tuple[Callable[[str, str], bool], frozenset[int]], ...] = (
     (lambda method, path: method == "POST" and path in GENERATION_PATHS, frozenset({400, 404, 429, 504})),
     (lambda method, path: method == "POST" and path in TOKENIZER_PATHS, frozenset({404})),
-    (lambda method, path: path.startswith(ADMIN_PREFIX), frozenset({401})),
+    (lambda method, path: path.startswith(ADMIN_PREFIX) or path in _ADMIN_PATHS, frozenset({401})),
     (lambda method, path: method == "POST" and path == ADMIN_PREFIX, frozenset({403, 409, 422, 507})),
     (lambda method, path: method == "DELETE" and path.startswith(ADMIN_PREFIX), frozenset({404, 409})),
+    (lambda method, path: method == "POST" and path == LOAD_LORA_PATH, frozenset({403, 404, 409, 422, 507})),
+    (lambda method, path: method == "POST" and path == UNLOAD_LORA_PATH, frozenset({404, 409})),
 )
+
+
+def operation_error_statuses(method: str, path: str, has_inputs: bool) -> set[int]:
+    """Error statuses one operation can answer; `has_inputs`: it takes a body, query or path parameters."""
+    statuses = set(_EVERY_ROUTE)
+    if has_inputs:
+        statuses.add(400)  # request validation
+    for applies, added in _RULES:
+        if applies(method, path):
+            statuses |= added
+    return statuses
 
 
 def error_statuses(route: APIRoute) -> set[int]:
     """Error statuses `route` can answer (over all its methods)."""
-    statuses = set(_EVERY_ROUTE)
-    if route.body_field is not None or route.dependant.query_params or route.dependant.path_params:
-        statuses.add(400)  # request validation
-    for method in route.methods:
-        for applies, added in _RULES:
-            if applies(method, route.path):
-                statuses |= added
-    return statuses
+    has_inputs = route.body_field is not None or bool(route.dependant.query_params or route.dependant.path_params)
+    return set().union(*(operation_error_statuses(method, route.path, has_inputs) for method in route.methods))
 
 
 def declare_error_responses(app: FastAPI) -> None:

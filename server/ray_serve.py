@@ -42,8 +42,9 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from adapters.errors import DomainError
-from server.errors import error_response
+from errors.domain import DomainError
+from errors.envelope import domain_error_response
+from server.errors import ReplicasDisagree, ReplicaUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class OrthoserveIngress:
                 logger.warning("replica failed before answering (%s); sending the request again", error)
                 if attempt == 0:
                     continue
-                return error_response(503, "No replica could serve the request.", code="replica_unavailable")
+                return domain_error_response(ReplicaUnavailable("No replica could serve the request."))
             break
         return StreamingResponse(
             _rest(stream), status_code=head["status"], headers=_response_headers(head["headers"])
@@ -276,12 +277,12 @@ class OrthoserveIngress:
             if not isinstance(answer, httpx.Response):  # unreachable: the replica is gone
                 await directory.forget.remote(key)
         if not live:
-            return error_response(503, "No replica is serving.", code="replica_unavailable")
+            return domain_error_response(ReplicaUnavailable("No replica is serving."))
         statuses = {answer.status_code for answer in live.values()}
         first = next(iter(live.values()))
         if len(statuses) > 1:
             detail = "; ".join(f"{urls[key]}: {answer.status_code} {answer.text[:200]}" for key, answer in live.items())
-            return error_response(500, f"Replicas answered differently: {detail}", code="replicas_disagree")
+            return domain_error_response(ReplicasDisagree(f"Replicas answered differently: {detail}"))
         if first.status_code < 300:
             await directory.record.remote(AdminCall(request.method, route, query, body))
         return Response(

@@ -17,25 +17,19 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from adapters.errors import DomainError
+from errors.domain import DomainError
+from errors.envelope import error_event
 from router.step_routing import ROUTING_KEY
 from server.engine import vllm_internals as vi
 from server.engine.request_scope import RequestScope
 from server.engine.service import EngineService
-from server.errors import ClientDisconnected, EngineUnavailable, InvalidRequest, vllm_error_response
+from server.error_handlers import vllm_error_response
+from server.errors import ClientDisconnected, EngineUnavailable, InvalidRequest
 from server.lifecycle import Endpoint
 
 T = TypeVar("T")
 ServingCall = Callable[[Any, Request], Awaitable[Any]]
 _ERROR_EVENT = 'data: {"error"'
-_ENGINE_UNAVAILABLE_EVENT = {
-    "error": {
-        "message": "The engine has stopped.",
-        "type": EngineUnavailable.type,
-        "param": None,
-        "code": EngineUnavailable.code,
-    }
-}
 
 
 async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: ServingCall) -> Response:
@@ -52,7 +46,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
             result = await until_disconnected(http, call(body, http))
         if isinstance(result, vi.VllmErrorResponse):
             if result.error.code >= 500 and engine.is_dead():
-                raise EngineUnavailable("The engine has stopped.")
+                raise EngineUnavailable()
             scope.finish("client_error" if result.error.code < 500 else "server_error")
             return vllm_error_response(result)
         if isinstance(result, BaseModel):
@@ -65,7 +59,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
         if isinstance(exc, DomainError):
             raise
         if engine.is_dead():
-            raise EngineUnavailable("The engine has stopped.") from exc
+            raise EngineUnavailable() from exc
         return vllm_error_response(vi.create_error_response(exc))  # bad values vLLM raises as plain errors
     except BaseException as exc:
         scope.fail(exc)
@@ -130,7 +124,7 @@ def _sse_text(event: Any, engine: EngineService) -> str:
     """
     if isinstance(event, str):
         if event.startswith(_ERROR_EVENT) and engine.is_dead():
-            return f"data: {json.dumps(_ENGINE_UNAVAILABLE_EVENT)}\n\n"
+            return error_event(EngineUnavailable())
         return event
     return f"event: {event.type}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
 

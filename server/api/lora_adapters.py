@@ -24,22 +24,18 @@ from pydantic import BaseModel
 from adapters.base_model import describe_base_model
 from adapters.format import MANIFEST_FILE
 from adapters.importers.peft_lora import import_peft_lora
-from router.errors import AdapterPathMissing
+from errors.envelope import domain_error_response, error_response
+from router.errors import AdapterPathMissing, AdapterSetExists, AdapterSetNameInvalid, ModelNotFound
 from server.deps import EngineDep, RegistryDep, SettingsDep
-from server.errors import ErrorResponse, error_response
-from server.openapi_errors import DESCRIPTIONS
+from server.errors import RequiredFieldMissing
+from server.openapi_errors import LOAD_LORA_PATH, UNLOAD_LORA_PATH
 
 router = APIRouter(tags=["admin"])
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 IMPORTED_DIR = "imported-peft-lora"
-
-
-
-def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    declared: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {}}, "description": "Success text."}}
-    declared.update({status: {"model": ErrorResponse, "description": DESCRIPTIONS[status]} for status in statuses})
-    return declared
+# The error statuses are declared by server/openapi_errors.py, as every route's are.
+SUCCESS_TEXT: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {}}, "description": "Success text."}}
 
 
 class LoadLoRAAdapterRequest(BaseModel):
@@ -54,29 +50,27 @@ class UnloadLoRAAdapterRequest(BaseModel):
     lora_int_id: int | None = None
 
 
-@router.post(
-    "/v1/load_lora_adapter",
-    response_class=PlainTextResponse,
-    response_model=None,
-    responses=_responses(400, 401, 403, 404, 409, 422, 507),
-)
+@router.post(LOAD_LORA_PATH, response_class=PlainTextResponse, response_model=None, responses=SUCCESS_TEXT)
 async def load_lora_adapter(
     body: LoadLoRAAdapterRequest, registry: RegistryDep, engine: EngineDep, settings: SettingsDep
 ) -> PlainTextResponse | JSONResponse:
     name = body.lora_name
     if not name or not body.lora_path:
-        return error_response(400, "Both 'lora_name' and 'lora_path' must be provided.", code="invalid_request")
+        return domain_error_response(RequiredFieldMissing("Both 'lora_name' and 'lora_path' must be provided."))
     if name == registry.base_model_name:
         return error_response(
-            400, f"The lora adapter '{name}' conflicts with a served base model.", "lora_name", "invalid_adapter_set_name"
+            400,
+            f"The lora adapter '{name}' conflicts with a served base model.",
+            param="lora_name",
+            code=AdapterSetNameInvalid.code,
         )
     if not body.load_inplace and any(entry.name == name for entry in registry.published()):
         return error_response(
             400,
             f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, "
             "set 'load_inplace' to True.",
-            "lora_name",
-            "adapter_set_exists",
+            param="lora_name",
+            code=AdapterSetExists.code,
         )
     try:
         source = registry.roots.resolve(body.lora_path)
@@ -92,20 +86,22 @@ async def load_lora_adapter(
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
 
-@router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse, response_model=None, responses=_responses(400, 401, 404, 409))
+@router.post(UNLOAD_LORA_PATH, response_class=PlainTextResponse, response_model=None, responses=SUCCESS_TEXT)
 async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, registry: RegistryDep) -> PlainTextResponse | JSONResponse:
     name = body.lora_name
     if not name:
-        return error_response(400, "'lora_name' needs to be provided to unload a LoRA adapter.", code="invalid_request")
+        return domain_error_response(RequiredFieldMissing("'lora_name' needs to be provided to unload a LoRA adapter."))
     if not any(entry.name == name for entry in registry.published()):
-        return error_response(404, f"The lora adapter '{name}' cannot be found.", "lora_name", "model_not_found")
+        return error_response(
+            404, f"The lora adapter '{name}' cannot be found.", param="lora_name", code=ModelNotFound.code
+        )
     await registry.unload(name)
     return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
 
 def _not_found_path(name: str, path: str) -> JSONResponse:
     return error_response(
-        404, f"Loading lora {name} failed: No adapter found for {path}", "lora_path", "adapter_path_not_found"
+        404, f"Loading lora {name} failed: No adapter found for {path}", param="lora_path", code=AdapterPathMissing.code
     )
 
 

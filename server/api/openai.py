@@ -12,7 +12,7 @@ from server.api.generation import serve_generation
 from server.api.vllm_route import vllm_route
 from server.deps import EngineDep
 from server.engine import vllm_internals as vi
-from server.errors import vllm_error_response
+from server.error_handlers import vllm_error_response
 
 chat_router = APIRouter(route_class=vllm_route("chat"))
 completions_router = APIRouter(route_class=vllm_route("completions"))

@@ -18,10 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters.errors import DomainError
+from errors.domain import DomainError
 from server.engine import vllm_compat as vc
 from server.engine import vllm_internals as vi
-from server.errors import vllm_error_response
+from server.error_handlers import vllm_error_response
 from server.lifecycle import Endpoint
 
 

@@ -23,7 +23,8 @@ from typing import Any
 from router.resident import Lease
 from server.engine import vllm_compat as vc
 from server.engine.adapter_backend import EngineRouting
-from server.errors import ClientDisconnected, is_client_error
+from server.error_handlers import is_client_error
+from server.errors import ClientDisconnected
 from server.lifecycle import Outcome, RequestLifecycle, RequestRecord
 
 _CURRENT: ContextVar[RequestScope | None] = ContextVar("orthoserve_request_scope", default=None)

@@ -113,7 +113,7 @@ class EngineService:
         try:
             await self.engine.check_health()
         except vc.EngineDeadError as exc:
-            raise EngineUnavailable("The engine has stopped.") from exc
+            raise EngineUnavailable() from exc
 
     # --- requests --------------------------------------------------------------------------------
 
