@@ -17,7 +17,7 @@ from adapters.importers.badit_loramoe import import_badit_checkpoint
 from adapters.importers.moore_peft import import_moore_checkpoint
 from adapters.importers.peft_lora import import_peft_lora
 from adapters.initialise import init_adapter_set
-from adapters.registry import get_method
+from adapters.registry import get_method, registered_methods
 from adapters.svd_cache import default_cache_dir
 
 app = typer.Typer(help="Create, import, inspect and validate adapter sets.", no_args_is_help=True)
@@ -70,7 +70,7 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
 
 @app.command()
 def init(
-    kind: Annotated[str, typer.Argument(help="moore, badit or lora.")],
+    kind: Annotated[str, typer.Argument(help=f"Method: {', '.join(registered_methods())}.")],
     base_model: BaseModelOption,
     tasks: Annotated[str, typer.Option(help="Comma-separated task names.")],
     out: OutOption,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters.errors import ManifestInvalid, TaskListInvalid, UnsupportedVersion
-from adapters.registry import MethodConfig, MethodSpec, get_method
+from adapters.registry import MethodConfig, MethodSpec, get_method, registered_methods
 
 FORMAT_VERSION = 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -96,7 +96,7 @@ def parse_manifest(raw: Any) -> tuple[Manifest, MethodConfig]:
             field="format_version",
         )
     if not isinstance(raw.get("kind"), str):
-        raise ManifestInvalid("manifest.json has no 'kind' (moore, badit or lora).", field="kind")
+        raise ManifestInvalid(f"manifest.json has no 'kind' ({', '.join(registered_methods())}).", field="kind")
     method = get_method(raw["kind"])
     tasks = check_task_names(raw.get("tasks"))
     try:

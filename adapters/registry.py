@@ -1,14 +1,21 @@
-"""Adapter methods by name: each method folder registers one `MethodSpec` when imported.
+"""Adapter methods by name, discovered rather than listed.
 
-A spec is everything the format, the reference and the CLI need to know about a method; nothing
-outside the method folder branches on the kind.
+A method is one folder: a package `adapters/<name>/` whose `method.py` defines `METHOD`, a `MethodSpec`.
+Methods of other distributions are found through the entry-point group `orthoserve.methods`, each entry
+naming its method and pointing at its spec (`toy = "toy_method.method:METHOD"`). A spec is everything
+the format, the reference, the engine and training need to know about a method; nothing outside the
+method folder branches on the kind.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -16,8 +23,11 @@ from pydantic import BaseModel, ConfigDict
 
 from adapters.errors import MethodRegistrationError, UnknownKind
 from adapters.serving.bank import MethodServing
+from adapters.training.method_training import MethodTraining
 
+ENTRY_POINT_GROUP = "orthoserve.methods"
 _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+_FOLDERS = Path(__file__).parent
 InitMode = Literal["paper", "random"]
 
 
@@ -38,6 +48,7 @@ class BaseProjection:
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
+    title: str  # how messages and help name the method ("MoORE")
     config_cls: type[MethodConfig]
     # (config, base, target_modules, n_tasks) -> {tensor name: shape}
     expected_tensors: Callable[..., dict[str, tuple[int, ...]]]
@@ -54,6 +65,7 @@ class MethodSpec:
     needs_factors: bool
     default_targets: tuple[str, ...]
     serving: MethodServing
+    training: MethodTraining | None = None  # None: sets of this method are made or imported, not trained
     fp32_params: tuple[str, ...] = ()
     # True when the set routes on the input, so a request need not name a task.
     input_routed: Callable[[Any], bool] = lambda config: False
@@ -74,7 +86,8 @@ def register_method(spec: MethodSpec) -> None:
 
 
 def get_method(name: str) -> MethodSpec:
-    _load_builtin_methods()
+    if name not in _METHODS:
+        _discover()  # again: the method may have been installed since
     if name not in _METHODS:
         raise UnknownKind(
             f"Unknown adapter kind '{name}'; known kinds: {', '.join(sorted(_METHODS))}.", field="kind"
@@ -83,12 +96,26 @@ def get_method(name: str) -> MethodSpec:
 
 
 def registered_methods() -> Mapping[str, MethodSpec]:
-    _load_builtin_methods()
+    """Every method found: the folders in name order, then other distributions' by entry-point name."""
+    _discover_once()
     return dict(_METHODS)
 
 
-def _load_builtin_methods() -> None:
-    # Importing the method packages registers them; imports are cached, so this runs once.
-    import adapters.badit  # noqa: F401
-    import adapters.lora  # noqa: F401
-    import adapters.moore  # noqa: F401
+@functools.cache
+def _discover_once() -> None:
+    _discover()
+
+
+def _discover() -> None:
+    """Register every method not registered yet. Loading a spec twice gives the same object (modules
+    are imported once), so a second pass registers only methods installed since the first."""
+    folders = sorted(path.parent.name for path in _FOLDERS.glob("*/method.py"))
+    found = [(name, lambda name=name: importlib.import_module(f"adapters.{name}.method").METHOD) for name in folders]
+    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name)
+    found += [(entry.name, entry.load) for entry in entry_points]
+    for name, load in found:
+        spec = load()
+        if spec.name != name:
+            raise MethodRegistrationError(f"Method '{name}' is found under that name but its spec is named '{spec.name}'.")
+        if _METHODS.get(name) is not spec:
+            register_method(spec)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-AdapterKind = Literal["moore", "badit", "lora"]
+AdapterKind = str  # the name of a registered adapter method (adapters/registry.py)
 
 BASE_LABEL = "base"
 

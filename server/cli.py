@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from adapters.cli import app as adapters_app
 from adapters.evaluation.cli import eval_command
 from adapters.training.cli import train_command
+from server.capacity_settings import capacity_flags
 from server.settings import Settings
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ def _fail(message: str) -> NoReturn:
 
 
 @app.command()
+@capacity_flags(after="max_adapter_sets")
 def serve(
     model: Annotated[Path | None, typer.Option(help=_help("model"))] = None,
     served_model_name: Annotated[str | None, typer.Option(help=_help("served_model_name"))] = None,
@@ -81,24 +83,16 @@ def serve(
     adapter_dtype: Annotated[str | None, typer.Option(help=_help("adapter_dtype"))] = None,
     adapter_kinds: Annotated[list[str] | None, typer.Option("--adapter-kind", help=_help("adapter_kinds"))] = None,
     max_adapter_sets: Annotated[int | None, typer.Option(help=_help("max_adapter_sets"))] = None,
-    max_moore_sets: Annotated[int | None, typer.Option(help=_help("max_moore_sets"))] = None,
-    max_badit_sets: Annotated[int | None, typer.Option(help=_help("max_badit_sets"))] = None,
-    max_lora_sets: Annotated[int | None, typer.Option(help=_help("max_lora_sets"))] = None,
-    max_lora_rank: Annotated[int | None, typer.Option(help=_help("max_lora_rank"))] = None,
-    max_moore_tasks: Annotated[int | None, typer.Option(help=_help("max_moore_tasks"))] = None,
-    max_moore_householder: Annotated[int | None, typer.Option(help=_help("max_moore_householder"))] = None,
-    max_moore_router_width: Annotated[int | None, typer.Option(help=_help("max_moore_router_width"))] = None,
-    max_badit_rank: Annotated[int | None, typer.Option(help=_help("max_badit_rank"))] = None,
-    max_badit_experts: Annotated[int | None, typer.Option(help=_help("max_badit_experts"))] = None,
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
     tool_call_parser: Annotated[str | None, typer.Option(help=_help("tool_call_parser"))] = None,
     enable_auto_tool_choice: Annotated[bool | None, typer.Option(help=_help("enable_auto_tool_choice"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
     metrics_max_tasks: Annotated[int | None, typer.Option(help=_help("metrics_max_tasks"))] = None,
     metrics_buckets: Annotated[str | None, typer.Option(help=_help("metrics_buckets"))] = None,
+    **capacity: int | None,
 ) -> None:
     """Serve a model behind the OpenAI-compatible API."""
-    settings = _settings(**locals())
+    settings = _settings(**{name: value for name, value in locals().items() if name != "capacity"}, **capacity)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     from server.app import create_app

@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from adapters.registry import registered_methods
 from adapters.serving.bank import BankDtype
+from server.capacity_settings import CapacitySettings
 from server.metrics import DEFAULT_LATENCY_BUCKETS, DEFAULT_MAX_TASKS, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
-class Settings(BaseSettings):
+class Settings(CapacitySettings):  # the `max_<kind>_<limit>` settings come from the methods' capacity classes
     model_config = SettingsConfigDict(env_prefix="ORTHOSERVE_", protected_namespaces=(), populate_by_name=True)
 
     model: Path | None = Field(
@@ -144,22 +145,13 @@ class Settings(BaseSettings):
         "natively: GPUs, CPUs with bf16/fp16 matmul units; fp32 elsewhere), float32, or model (always the model's).",
     )
     adapter_kinds: list[str] = Field(
-        default_factory=lambda: ["moore", "badit", "lora"],
+        default_factory=lambda: list(registered_methods()),
         description="Adapter methods the engine reserves capacity for; an empty list serves the stock model only. "
         "Without badit, vLLM keeps chunked prefill.",
     )
     max_adapter_sets: int | None = Field(
         default=None, ge=1, description="Set versions resident at once, per method (a replace holds two); unset: each method's default."
     )
-    max_moore_sets: int | None = Field(default=None, ge=1, description="MoORE set versions resident at once (default 4).")
-    max_badit_sets: int | None = Field(default=None, ge=1, description="BADIT set versions resident at once (default 4).")
-    max_lora_sets: int | None = Field(default=None, ge=1, description="LoRA adapters resident at once (default 32).")
-    max_lora_rank: int | None = Field(default=None, ge=1, description="Largest LoRA rank a slot holds (default 16).")
-    max_moore_tasks: int | None = Field(default=None, ge=1, description="Tasks of all resident MoORE sets together (default 256).")
-    max_moore_householder: int | None = Field(default=None, ge=1, description="Largest MoORE Householder count h (default 8).")
-    max_moore_router_width: int | None = Field(default=None, ge=1, description="Largest MoORE router width E (default 128).")
-    max_badit_rank: int | None = Field(default=None, ge=1, description="Largest BADIT K·r (top triplets split into experts) (default 32).")
-    max_badit_experts: int | None = Field(default=None, ge=1, description="Largest BADIT expert count K (default 8).")
     tool_call_parser: str | None = Field(
         default=None,
         description="vLLM tool-call parser that reads tool calls out of generated text (e.g. `hermes`, "

@@ -29,9 +29,9 @@ from adapters.serving.pages import zero_and_release
 
 class BaditCapacity(MethodCapacity):
     max_sets: int = Field(default=4, ge=1, description="BADIT set versions resident at once.")
-    max_rank: int = Field(default=32, ge=1, description="Largest K·r (triplets split into experts) a slot holds.")
-    max_experts: int = Field(default=8, ge=1, description="Largest number of experts K a slot holds.")
-    max_tasks: int = Field(default=64, ge=1, description="Task mixtures of all resident task-routed sets together.")
+    max_rank: int = Field(default=32, ge=1, description="Largest BADIT K·r (top triplets split into experts).")
+    max_experts: int = Field(default=8, ge=1, description="Largest BADIT expert count K.")
+    max_tasks: int = Field(default=64, ge=1, description="Task mixtures of all resident task-routed BADIT sets together.")
 
 
 def capacity_limits(capacity: BaditCapacity, config: BaditConfig, n_tasks: int) -> list[tuple[str, int, int]]:

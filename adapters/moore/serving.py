@@ -33,8 +33,8 @@ from adapters.serving.factors import SharedFactors
 class MooreCapacity(MethodCapacity):
     max_sets: int = Field(default=4, ge=1, description="MoORE set versions resident at once.")
     max_tasks: int = Field(default=256, ge=1, description="Tasks of all resident MoORE sets together.")
-    max_householder: int = Field(default=8, ge=1, description="Largest Householder count h a slot holds.")
-    max_router_width: int = Field(default=128, ge=1, description="Largest router width E a slot holds.")
+    max_householder: int = Field(default=8, ge=1, description="Largest MoORE Householder count h.")
+    max_router_width: int = Field(default=128, ge=1, description="Largest MoORE router width E.")
 
 
 def capacity_limits(capacity: MooreCapacity, config: MooreConfig, n_tasks: int) -> list[tuple[str, int, int]]:

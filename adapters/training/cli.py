@@ -1,4 +1,4 @@
-"""`orthoserve train moore|badit|lora`: train an adapter set and write a set folder that loads and serves."""
+"""`orthoserve train <kind>`: train an adapter set and write a set folder that loads and serves."""
 
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ import typer
 
 from adapters.cli import _parse_params, _split
 from adapters.errors import AdapterError
+from adapters.registry import registered_methods
 from adapters.training.csr import TRAIN_TASKS, csr_train_examples
 from adapters.training.examples import Example, TrainingInputError, read_jsonl
 from adapters.training.settings import resolve_settings
 
 
-class Kind(str, enum.Enum):
-    moore = "moore"
-    badit = "badit"
-    lora = "lora"
+Kind = enum.Enum("Kind", {name: name for name, method in registered_methods().items() if method.training}, type=str)
 
 
 def train_command(

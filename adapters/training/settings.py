@@ -1,11 +1,5 @@
-"""Hyper-parameters of `orthoserve train`, with per-method defaults taken from the official code.
-
-MoORE (MoE-PEFT, CSR-MTL): AdamW lr 3e-4, weight decay 0.01, ≈10 % warm-up then constant, loss on the
-whole sequence, no clipping, batch 16, 2 epochs, cutoff 512, seed 42.
-BADIT (PEFT LoRAMoE): AdamW lr 2e-4, cosine with 3 % warm-up, no weight decay, clip 1.0, loss on the
-completion only, batch 1, 10 epochs, DOG regrouping on; orthoserve also trains and saves the gate.
-LoRA (the MoORE paper's baseline): MoORE's recipe.
-"""
+"""Hyper-parameters of `orthoserve train`: each method's recipe (`MethodTraining.defaults`, taken from
+its official code; adapters/<method>/training.py) with the options given on top."""
 
 from __future__ import annotations
 
@@ -14,9 +8,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters.registry import get_method, registered_methods
 from adapters.training.examples import TrainingInputError
-
-Kind = Literal["moore", "badit", "lora"]
+from adapters.training.method_training import MethodTraining
 
 
 class TrainSettings(BaseModel):
@@ -43,33 +37,32 @@ class TrainSettings(BaseModel):
         return torch.device("cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "moore": dict(
-        learning_rate=3e-4, weight_decay=0.01, schedule="constant", warmup_ratio=0.1, grad_clip=None,
-        loss="all", batch_size=16, epochs=2, max_length=512,
-    ),
-    "badit": dict(
-        learning_rate=2e-4, weight_decay=0.0, schedule="cosine", warmup_ratio=0.03, grad_clip=1.0,
-        loss="completion", batch_size=1, epochs=10, max_length=512, dog=True,
-    ),
-    "lora": dict(
-        learning_rate=3e-4, weight_decay=0.01, schedule="constant", warmup_ratio=0.1, grad_clip=None,
-        loss="all", batch_size=16, epochs=2, max_length=512,
-    ),
-}  # fmt: skip
+def method_training(kind: str) -> MethodTraining:
+    """How sets of `kind` train; refused for methods whose sets are only made or imported."""
+    training = get_method(kind).training
+    if training is None:
+        raise TrainingInputError(f"orthoserve train cannot train {kind} sets.")
+    return training
 
 
 def resolve_settings(kind: str, overrides: dict[str, Any]) -> TrainSettings:
     """The method's defaults with the given (non-None) overrides; bad values name the option."""
-    if kind not in DEFAULTS:
-        raise TrainingInputError(f"Unknown kind {kind!r}; choose one of {', '.join(DEFAULTS)}.")
+    training = method_training(kind)
     given = {key: value for key, value in overrides.items() if value is not None}
-    if kind != "badit":
-        for option in ("dog", "train_gate"):
-            if given.get(option):
-                raise TrainingInputError(f"--{option.replace('_', '-')} applies to BADIT only.")
+    for option, titles in _method_options().items():
+        if given.get(option) and option not in training.options:
+            raise TrainingInputError(f"--{option.replace('_', '-')} applies to {' and '.join(titles)} only.")
     try:
-        return TrainSettings(**(DEFAULTS[kind] | given))
+        return TrainSettings(**(dict(training.defaults) | given))
     except ValidationError as error:
         problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors())
         raise TrainingInputError(f"Invalid training hyper-parameter(s): {problems}.") from error
+
+
+def _method_options() -> dict[str, list[str]]:
+    """Each method-only option → the titles of the methods that take it."""
+    options: dict[str, list[str]] = {}
+    for method in registered_methods().values():
+        for option in method.training.options if method.training else ():
+            options.setdefault(option, []).append(method.title)
+    return options

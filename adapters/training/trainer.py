@@ -1,4 +1,4 @@
-"""`orthoserve train`: train a MoORE, BADIT or LoRA set on multi-task examples and write a normal set folder.
+"""`orthoserve train`: train an adapter set on multi-task examples and write a normal set folder.
 
 Everything that can be wrong with the input (data, task names, hyper-parameters, base model, output
 folder) is checked in `prepare_run`, before the model is loaded. The loop is deterministic on CPU for a
@@ -18,19 +18,15 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from adapters.badit.config import BaditConfig
 from adapters.base_model import PROJECTIONS, BaseModelInfo, describe_base_model
 from adapters.format import AdapterSet, save_adapter_set
-from adapters.moore.config import MooreConfig
-from adapters.registry import MethodConfig, get_method
+from adapters.registry import MethodConfig, get_method, registered_methods
 from adapters.svd_cache import base_factors
 from adapters.training.batches import Batch, collate, encode, epoch_order
 from adapters.training.checkpoints import CheckpointStore
-from adapters.training.dog import regroup_permutation
 from adapters.training.examples import Example, TrainingInputError, check_task_name
-from adapters.training.layers import TrainableBadit
-from adapters.training.model import TrainableModel, build_trainable_model, matched_lora_rank, trainable_count
-from adapters.training.settings import TrainSettings
+from adapters.training.model import TrainableModel, build_trainable_model, trainable_count
+from adapters.training.settings import TrainSettings, method_training
 
 
 @dataclass(frozen=True)
@@ -81,16 +77,18 @@ def prepare_run(
     data_source: str = "",
 ) -> TrainRun:
     method = get_method(kind)
+    training = method_training(kind)
     if not examples:
         raise TrainingInputError("No training examples.")
     if out_dir.exists() and not overwrite and not resume:
         raise TrainingInputError(f"{out_dir} already exists; pass --overwrite to replace it.")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise TrainingInputError(f"--checkpoint-every must be at least 1; got {checkpoint_every}.")
-    if match_params and kind != "lora":
-        raise TrainingInputError("--match-params applies to LoRA only (it sizes LoRA to a MoORE set's budget).")
+    if match_params and training.match_params is None:
+        matching = [m.title for m in registered_methods().values() if m.training and m.training.match_params]
+        raise TrainingInputError(f"--match-params applies to {' and '.join(matching)} only.")
     check_task_name(set_task, "--set-task")
-    tasks = list(dict.fromkeys(example.task for example in examples)) if kind == "moore" else [set_task]
+    tasks = list(dict.fromkeys(example.task for example in examples)) if training.multi_task else [set_task]
     base = describe_base_model(base_model)
     targets = list(targets or (PROJECTIONS if match_params else method.default_targets))
     unknown = [proj for proj in targets if proj not in PROJECTIONS]
@@ -98,19 +96,13 @@ def prepare_run(
         raise TrainingInputError(f"Unknown target projection(s) {', '.join(unknown)}; known: {', '.join(PROJECTIONS)}.")
     params = dict(method_params or {})
     if match_params:
-        if "rank" in params:
-            raise TrainingInputError("--match-params chooses the LoRA rank: do not also set rank.")
-        n_tasks = len({example.task for example in examples})
-        budget = trainable_count(base, "moore", MooreConfig(), list(PROJECTIONS), n_tasks)
-        params["rank"] = matched_lora_rank(base, budget, targets)
-        params.setdefault("alpha", 2.0 * params["rank"])
+        params = training.match_params(base, targets, len({example.task for example in examples}), params)
     try:
         config = method.config_cls(**params)
         method.expected_tensors(config, base, targets, len(tasks))
     except Exception as error:  # pydantic ValidationError or the method's own check
         raise TrainingInputError(f"Invalid {kind} hyper-parameter(s): {error}") from error
-    if isinstance(config, BaditConfig) and config.routing != "input":
-        raise TrainingInputError("orthoserve train writes input-routed BADIT sets (routing = 'input').")
+    training.check_config(config)
     return TrainRun(
         kind=kind,
         base=base,
@@ -182,7 +174,7 @@ def train(run: TrainRun, *, resume: bool = False, progress: bool = True, log: Ca
         step += 1
         result.losses.append(loss)
         if settings.dog and index == steps_per_epoch - 1 and step <= total // 2:
-            _regroup(trainable, optimizer)
+            method_training(run.kind).regroup(trainable.layers.values(), optimizer)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if run.checkpoint_every and step % run.checkpoint_every == 0 and step < total:
@@ -204,8 +196,8 @@ def train(run: TrainRun, *, resume: bool = False, progress: bool = True, log: Ca
 
 
 def _task_index(run: TrainRun) -> dict[str, int]:
-    """Example task → row of the set's task table; single-task sets (LoRA, BADIT) train every example as task 0."""
-    if run.kind == "moore":
+    """Example task → row of the set's task table; single-task sets train every example as task 0."""
+    if method_training(run.kind).multi_task:
         return {task: index for index, task in enumerate(run.tasks)}
     return {example.task: 0 for example in run.examples}
 
@@ -226,24 +218,6 @@ def _step(
         torch.nn.utils.clip_grad_norm_(list(params.values()), settings.grad_clip)
     optimizer.step()
     return float(output.loss.detach())
-
-
-def _regroup(trainable: TrainableModel, optimizer: torch.optim.Optimizer) -> None:
-    """DOG: permute every BADIT layer's rank-one components (and their optimiser state) into gradient clusters."""
-    for layer in trainable.layers.values():
-        if not isinstance(layer, TrainableBadit):
-            continue
-        A, B = layer.adapter["A"], layer.adapter["B"]
-        if A.grad is None or B.grad is None:
-            continue
-        K = layer.adapter["G"].shape[0]
-        perm = regroup_permutation(A.grad.cpu(), B.grad.cpu(), K, layer.rank).to(A.device)
-        with torch.no_grad():
-            for param, dim in ((A, 0), (B, 1)):
-                param.copy_(param.index_select(dim, perm))
-                for value in optimizer.state.get(param, {}).values():
-                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        value.copy_(value.index_select(dim, perm))
 
 
 def _schedule(settings: TrainSettings, total: int) -> Callable[[int], float]:
@@ -275,6 +249,7 @@ def _fingerprint(run: TrainRun) -> dict[str, Any]:
 
 
 def _provenance(run: TrainRun, steps: int, losses: list[float]) -> dict[str, str]:
+    gate_trained = run.settings.train_gate or "train_gate" not in method_training(run.kind).options
     tail = losses[-10:]
     return {
         "trained_by": "orthoserve train",
@@ -284,6 +259,6 @@ def _provenance(run: TrainRun, steps: int, losses: list[float]) -> dict[str, str
         "seed": str(run.settings.seed),
         "final_loss": f"{sum(tail) / max(1, len(tail)):.4f}",
         "settings": ", ".join(f"{k}={v}" for k, v in run.settings.model_dump().items()),
-        "gate": "trained" if run.kind != "badit" or run.settings.train_gate else "initial (seeded), not trained",
+        "gate": "trained" if gate_trained else "initial (seeded), not trained",
     }
 

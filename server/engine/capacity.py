@@ -15,6 +15,7 @@ from adapters.registry import get_method
 from adapters.serving.bank import BankDtype, MethodCapacity, compute_dtype
 from router.errors import AdapterCapacityExceeded
 from router.ports import SlotLimits
+from server.capacity_settings import setting_name
 from server.engine import vllm_compat as vc
 from server.engine.adapted_linear import ADAPTED_LINEAR_OP
 from server.settings import Settings
@@ -86,9 +87,8 @@ def capacity_from_settings(settings: Settings) -> AdapterCapacity:
     fields = {}
     for kind in settings.adapter_kinds:
         given = {}
-        # Each capacity field `max_<limit>` of a method is the setting `max_<kind>_<limit>`.
         for name in get_method(kind).serving.capacity_cls.model_fields:
-            value = getattr(settings, f"max_{kind}_{name.removeprefix('max_')}", None)
+            value = getattr(settings, setting_name(kind, name), None)
             if name == "max_sets":
                 value = value or settings.max_adapter_sets
             if value is not None:
