@@ -17,6 +17,13 @@ class RequiredFieldMissing(DomainError):
     code = "invalid_request"
 
 
+class ServerFault(DomainError):
+    """The server, not the request, is why the request failed (OpenAI's `server_error` type)."""
+
+    status = 500
+    type = "server_error"
+
+
 class ClientDisconnected(DomainError):
     code = "client_closed_request"
     status = 499
@@ -25,12 +32,11 @@ class ClientDisconnected(DomainError):
         super().__init__("The client closed the connection before the response was ready.")
 
 
-class EngineUnavailable(DomainError):
+class EngineUnavailable(ServerFault):
     """The engine is not running (starting, stopped or dead)."""
 
     code = "engine_unavailable"
     status = 503
-    type = "server_error"
 
     def __init__(self, message: str = "The engine has stopped.") -> None:
         super().__init__(message)
@@ -43,12 +49,11 @@ class RequestTooLarge(DomainError):
     status = 413
 
 
-class ServerOverloaded(DomainError):
+class ServerOverloaded(ServerFault):
     """Too many requests wait to start (`--max-queued-requests`, `--max-queued-requests-per-set`)."""
 
     code = "server_overloaded"
     status = 429
-    type = "server_error"
 
 
 class InvalidRequestTimeout(DomainError):
@@ -57,25 +62,21 @@ class InvalidRequestTimeout(DomainError):
     code = "invalid_request_timeout"
 
 
-class RequestTimeout(DomainError):
+class RequestTimeout(ServerFault):
     """The request ran past its deadline; its work was stopped."""
 
     code = "request_timeout"
     status = 504
-    type = "server_error"
 
 
-class ReplicaUnavailable(DomainError):
+class ReplicaUnavailable(ServerFault):
     """No replica of a scaled-out deployment could answer."""
 
     code = "replica_unavailable"
     status = 503
-    type = "server_error"
 
 
-class ReplicasDisagree(DomainError):
+class ReplicasDisagree(ServerFault):
     """An admin call broadcast to every replica got different statuses back."""
 
     code = "replicas_disagree"
-    status = 500
-    type = "server_error"
