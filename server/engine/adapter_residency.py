@@ -28,7 +28,6 @@ from adapters.serving.factors import ProductFactory, SharedFactors
 from adapters.serving.grouped import SegmentedKernel, default_kernel
 from adapters.serving.host_copy import SlotCopy, restore_slot, save_slot
 from adapters.svd_cache import BaseFactors
-from router.heap import release_freed_memory
 from router.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
 from server.engine.adapted_linear import AdaptedLinear, Projection
 
@@ -131,8 +130,7 @@ class WorkerAdapters:
             self.unload(slot_id)  # nothing of a half-written set stays
             raise
         finally:
-            del adapter_set
-            release_freed_memory()  # the file's tensors, read only to fill the slot
+            del adapter_set  # the file's tensors, read only to fill the slot
         return self.entry_bytes[slot_id]
 
     def _allocate(self, slot_id: int, kind: str, num_task_rows: int) -> torch.Tensor:
@@ -178,8 +176,8 @@ class WorkerAdapters:
                 adapted.mark(entry.kind, entry.bank_slot, proj, False)
         self.free_slots[entry.kind].append(entry.bank_slot)
         self.task_rows[entry.kind].free(entry.task_rows)
-        freed += self._release_unneeded_factors()
-        release_freed_memory()
+        if get_method(entry.kind).serving.shares_base_factors:
+            freed += self._release_unneeded_factors()
         return freed
 
     # --- host tier -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 
 from adapters.registry import get_method
+from router.heap import release_freed_memory
 from server.engine import vllm_internals
 from server.engine.adapted_linear import Projection
 from server.engine.adapter_residency import WorkerAdapters
@@ -60,10 +61,14 @@ class OrthoserveWorkerExtension:
             return {"bytes": self._orthoserve_adapters().load(slot, pathlib.Path(set_dir), factors)}
         except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
             return {"error": f"{type(error).__name__}: {error}"}
+        finally:
+            release_freed_memory()
 
     def orthoserve_unload_slot(self, slot: int) -> int:
         """Drop `slot`, its host copy, and the base factors no remaining slot needs. Returns the bytes freed."""
-        return self._orthoserve_adapters().unload(slot)
+        freed = self._orthoserve_adapters().unload(slot)
+        release_freed_memory()
+        return freed
 
     def orthoserve_move(
         self, evictions: list[tuple[int, bool]], arrivals: list[tuple[int, str, str | None, bool]]
@@ -82,12 +87,14 @@ class OrthoserveWorkerExtension:
                 arrived.append({"bytes": nbytes})
             except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
                 arrived.append({"error": f"{type(error).__name__}: {error}"})
+        release_freed_memory()  # once per move: the read files' tensors and the cleared slots' pages
         return {"host_bytes": host_bytes, "arrived": arrived}
 
     def orthoserve_forget(self, slots: list[int]) -> None:
         """Drop these slots' host copies."""
         for slot in slots:
             self._orthoserve_adapters().forget(slot)
+        release_freed_memory()
 
     def orthoserve_resident_bytes(self) -> dict[str, int]:
         return self._orthoserve_adapters().resident_bytes()
