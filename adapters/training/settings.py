@@ -3,6 +3,7 @@ its official code; adapters/<method>/training.py) with the options given on top.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -49,9 +50,10 @@ def resolve_settings(kind: str, overrides: dict[str, Any]) -> TrainSettings:
     """The method's defaults with the given (non-None) overrides; bad values name the option."""
     training = method_training(kind)
     given = {key: value for key, value in overrides.items() if value is not None}
-    for option, titles in _method_options().items():
-        if given.get(option) and option not in training.options:
-            raise TrainingInputError(f"--{option.replace('_', '-')} applies to {' and '.join(titles)} only.")
+    for option in sorted({option for other in _trainings() for option in other.options} - set(training.options)):
+        if given.get(option):
+            taking = methods_offering(lambda other: option in other.options)
+            raise TrainingInputError(f"--{option.replace('_', '-')} applies to {taking} only.")
     try:
         return TrainSettings(**(dict(training.defaults) | given))
     except ValidationError as error:
@@ -59,10 +61,10 @@ def resolve_settings(kind: str, overrides: dict[str, Any]) -> TrainSettings:
         raise TrainingInputError(f"Invalid training hyper-parameter(s): {problems}.") from error
 
 
-def _method_options() -> dict[str, list[str]]:
-    """Each method-only option → the titles of the methods that take it."""
-    options: dict[str, list[str]] = {}
-    for method in registered_methods().values():
-        for option in method.training.options if method.training else ():
-            options.setdefault(option, []).append(method.title)
-    return options
+def methods_offering(offers: Callable[[MethodTraining], bool]) -> str:
+    """The titles of the methods whose training offers something ("BADIT", "MoORE and LoRA"), for messages."""
+    return " and ".join(method.title for method in registered_methods().values() if method.training and offers(method.training))
+
+
+def _trainings() -> list[MethodTraining]:
+    return [method.training for method in registered_methods().values() if method.training]

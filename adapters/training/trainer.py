@@ -20,13 +20,13 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from adapters.base_model import PROJECTIONS, BaseModelInfo, describe_base_model
 from adapters.format import AdapterSet, save_adapter_set
-from adapters.registry import MethodConfig, get_method, registered_methods
+from adapters.registry import MethodConfig, get_method
 from adapters.svd_cache import base_factors
 from adapters.training.batches import Batch, collate, encode, epoch_order
 from adapters.training.checkpoints import CheckpointStore
 from adapters.training.examples import Example, TrainingInputError, check_task_name
 from adapters.training.model import TrainableModel, build_trainable_model, trainable_count
-from adapters.training.settings import TrainSettings, method_training
+from adapters.training.settings import TrainSettings, method_training, methods_offering
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ def prepare_run(
     if checkpoint_every is not None and checkpoint_every < 1:
         raise TrainingInputError(f"--checkpoint-every must be at least 1; got {checkpoint_every}.")
     if match_params and training.match_params is None:
-        matching = [m.title for m in registered_methods().values() if m.training and m.training.match_params]
-        raise TrainingInputError(f"--match-params applies to {' and '.join(matching)} only.")
+        raise TrainingInputError(f"--match-params applies to {methods_offering(lambda other: other.match_params is not None)} only.")
     check_task_name(set_task, "--set-task")
     tasks = list(dict.fromkeys(example.task for example in examples)) if training.multi_task else [set_task]
     base = describe_base_model(base_model)
