@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from router.errors import AdapterSetBusy, AdapterSetExists, ModelNotFound, RouterError, TaskTagInvalid
+from router.errors import AdapterSetBusy, AdapterSetExists, ModelNotFound, RouterError
 from router.paths import AdapterRoots
 from router.ports import AdapterSlotBackend, RegistryObserver, SetDescription, SetInspection, SetValidator
 from router.resident import Lease, ResidentVersion
@@ -63,9 +63,9 @@ class AdapterRegistry:
 
     def resolve(self, model: str, task: str | None = None) -> RouteTarget:
         """The target a request's tag names among published versions, or its domain error (no hold)."""
-        if model == self.base_model_name:
-            return self._base_target(model, task)
-        tag = parse_tag(model, task)
+        tag = parse_tag(model, task, self.base_model_name)
+        if tag.is_base:
+            return BASE_TARGET
         entry = self._published.get(tag.set_name)
         if entry is None:
             raise ModelNotFound(model)
@@ -74,9 +74,9 @@ class AdapterRegistry:
     async def acquire(self, model: str, task: str | None = None) -> Lease:
         """Resolve a request's tag and hold its set version in an engine slot until the lease is
         released; waits while the version is brought into a slot."""
-        if model == self.base_model_name:
-            return Lease(self._base_target(model, task))
-        tag = parse_tag(model, task)
+        tag = parse_tag(model, task, self.base_model_name)
+        if tag.is_base:
+            return Lease(BASE_TARGET)
         while True:
             entry = self._published.get(tag.set_name) or await self._resolve_folder(tag.set_name, model)
             target = entry.target(choose_task(entry.name, entry.tasks, entry.input_routed, tag.task))
@@ -85,11 +85,6 @@ class AdapterRegistry:
             except Retired:
                 continue  # replaced or deleted while it was brought in: resolve the tag again
             return Lease(target, lambda: self._release(entry))
-
-    def _base_target(self, model: str, task: str | None) -> RouteTarget:
-        if task is not None:
-            raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
-        return BASE_TARGET
 
     async def _resolve_folder(self, set_name: str, model: str) -> ResidentVersion:
         """Register the set of an unknown name from the resolver root's folder of that name, as a

@@ -21,14 +21,24 @@ SET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class TaskTag:
-    """A parsed `model` field that names an adapter set; `task` is None when not named."""
+    """A parsed `model` field (with the body's `task` merged in): the base model (`set_name` None) or
+    an adapter set, with `task` None when not named."""
 
-    set_name: str
+    model: str
+    set_name: str | None
     task: str | None
 
+    @property
+    def is_base(self) -> bool:
+        return self.set_name is None
 
-def parse_tag(model: str, body_task: str | None) -> TaskTag:
-    """Split `<set>[/<task>]` and merge the body's `task` into it (never the base model name)."""
+
+def parse_tag(model: str, body_task: str | None, base_model_name: str) -> TaskTag:
+    """Recognise the base model's name, or split `<set>[/<task>]` and merge the body's `task` into it."""
+    if model == base_model_name:
+        if body_task is not None:
+            raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
+        return TaskTag(model, None, None)
     set_name, separator, tag_task = model.partition(TASK_SEPARATOR)
     if separator and not tag_task:
         raise TaskTagInvalid(f"The model '{model}' ends with '/' but names no task.", param="model")
@@ -40,7 +50,12 @@ def parse_tag(model: str, body_task: str | None) -> TaskTag:
             f"The model '{model}' names task '{task}' but the body field 'task' is '{body_task}'.",
             param="task",
         )
-    return TaskTag(set_name=set_name, task=task or body_task)
+    return TaskTag(model, set_name, task or body_task)
+
+
+def named_set(model: str, base_model_name: str) -> str | None:
+    """The set a `model` field names (None: the base model), without checking the rest of the tag."""
+    return None if model == base_model_name else model.partition(TASK_SEPARATOR)[0]
 
 
 def choose_task(set_name: str, tasks: tuple[str, ...], input_routed: bool, task: str | None) -> int | None:

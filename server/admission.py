@@ -24,6 +24,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errors.envelope import domain_error_response
+from router.tags import named_set
 from server.asgi_support import is_generation_request, replaying
 from server.errors import ServerOverloaded
 from server.lifecycle import RequestRecord
@@ -110,9 +111,9 @@ def requested_set(body: bytes, base_model: str) -> str:
         model = json.loads(body).get("model")
     except (ValueError, AttributeError):
         return BASE_SET
-    if not isinstance(model, str) or model == base_model:
+    if not isinstance(model, str):
         return BASE_SET
-    return model.split("/", 1)[0]
+    return named_set(model, base_model) or BASE_SET
 
 
 class RejectionCounter(Protocol):

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from router.errors import ModelNotFound, TaskTagInvalid
+from router.errors import ModelNotFound
 from router.resident import Lease
+from router.tags import named_set, parse_tag
 from router.target import BASE_TARGET, RouteTarget
 
 
@@ -37,8 +38,7 @@ class BaseModelResolver:
         return Lease(self.resolve(model, task))
 
     def resolve(self, model: str, task: str | None) -> RouteTarget:
-        if model != self.served_model_name:
+        if named_set(model, self.served_model_name) is not None:
             raise ModelNotFound(model)
-        if task is not None:
-            raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
+        parse_tag(model, task, self.served_model_name)  # the base model takes no task
         return BASE_TARGET

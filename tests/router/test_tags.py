@@ -3,27 +3,36 @@
 import pytest
 
 from router.errors import AdapterSetNameInvalid, TaskNotFound, TaskRequired, TaskTagInvalid
-from router.tags import TaskTag, check_set_name, choose_task, parse_tag
+from router.tags import TaskTag, check_set_name, choose_task, named_set, parse_tag
+
+BASE = "org/base-model"  # a served name with a '/' is still the base model, never a set and a task
 
 
 @pytest.mark.parametrize(
     ("model", "body_task", "expected"),
     [
-        ("mtl", None, TaskTag("mtl", None)),
-        ("mtl/boolq", None, TaskTag("mtl", "boolq")),
-        ("mtl", "boolq", TaskTag("mtl", "boolq")),
-        ("mtl/boolq", "boolq", TaskTag("mtl", "boolq")),
-        ("mtl/a/b", None, TaskTag("mtl", "a/b")),
+        ("mtl", None, TaskTag("mtl", "mtl", None)),
+        ("mtl/boolq", None, TaskTag("mtl/boolq", "mtl", "boolq")),
+        ("mtl", "boolq", TaskTag("mtl", "mtl", "boolq")),
+        ("mtl/boolq", "boolq", TaskTag("mtl/boolq", "mtl", "boolq")),
+        ("mtl/a/b", None, TaskTag("mtl/a/b", "mtl", "a/b")),
+        (BASE, None, TaskTag(BASE, None, None)),
     ],
 )
 def test_parse_tag_accepts(model, body_task, expected):
-    assert parse_tag(model, body_task) == expected
+    tag = parse_tag(model, body_task, BASE)
+    assert tag == expected and tag.is_base == (model == BASE)
 
 
-@pytest.mark.parametrize(("model", "body_task"), [("mtl/", None), ("mtl/boolq", "piqa"), ("mtl", "")])
+@pytest.mark.parametrize(("model", "body_task"), [("mtl/", None), ("mtl/boolq", "piqa"), ("mtl", ""), (BASE, "boolq")])
 def test_parse_tag_refuses(model, body_task):
     with pytest.raises(TaskTagInvalid):
-        parse_tag(model, body_task)
+        parse_tag(model, body_task, BASE)
+
+
+def test_named_set_is_what_admission_counts_under():
+    assert named_set("mtl/boolq", BASE) == "mtl" and named_set("mtl", BASE) == "mtl"
+    assert named_set(BASE, BASE) is None
 
 
 def test_choose_task():
