@@ -5,7 +5,9 @@ engine slots for that kind. The same streamed workload as `bench-http` then runs
 after the other: every request on the base model; each request on a set drawn uniformly from all
 sets; and on a set drawn from a Zipf law (rank r with weight 1/r^alpha), the way a few adapters take
 most traffic. Reported: throughput against base, TTFT p50/p99, swap-ins per second and swap-in
-latency p50/p99 (read from the server's histogram, interpolated inside its buckets), the time to register the sets at start, and host memory per host copy.
+latency p50/p99 (read from the server's histogram, interpolated inside its buckets; under load it
+includes the wait for the engine step under way), swap-in latency per source on an idle engine, the
+time to register the sets at start, and host memory per host copy.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def run_many_sets_bench(config: ManySetsConfig, log: Callable[[str], None] = pri
                 "distinct_sets": len(set(models) - {SERVED_NAME}),
             }  # fmt: skip
             log(f"{name}: {run.tokens_per_second:.1f} tok/s, TTFT p50 {run.ttft_p50 * 1000:.0f} ms, {swap_ins:.0f} swap-ins")
+        idle = {source: _idle_swap_ins(port, _listing(port), source) for source in ("host", "disk")}
+        log("idle engine swap-ins: " + ", ".join(f"{source} p50 {_ms(v['p50'])} ms" for source, v in idle.items()))
         listing = _listing(port)
         rss_after = _tree_rss(process)
     host_copies = [entry for entry in listing["data"] if entry["tier"] == "host"]
@@ -130,6 +134,7 @@ def run_many_sets_bench(config: ManySetsConfig, log: Callable[[str], None] = pri
         "server_start_seconds": start_seconds,
         "results": results,
         "ratios": {name: result["tokens_per_second"] / base_tps for name, result in results.items() if name != "base"},
+        "idle_swap_in": idle,
         "tiers": {tier: sum(entry["tier"] == tier for entry in listing["data"]) for tier in ("slot", "host", "disk")},
         "host_bytes": listing["host_bytes"],
         "host_bytes_per_set": listing["host_bytes"] / len(host_copies) if host_copies else 0.0,
@@ -157,6 +162,11 @@ def render_table(report: dict) -> str:
     tiers = report["tiers"]
     lines += [
         "",
+        "swap-in latency on an idle engine (a copy from the host, or a read of the set's file): "
+        + "; ".join(
+            f"{source} p50 {_ms(v['p50'])} ms, p99 {_ms(v['p99'])} ms ({v['swap_ins']:.0f} swap-ins)"
+            for source, v in report["idle_swap_in"].items()
+        ),
         f"tiers after the run: {tiers['slot']} in slots, {tiers['host']} host copies, {tiers['disk']} on disk; "
         f"host copies {report['host_bytes'] / 2**20:.1f} MiB ({report['host_bytes_per_set'] / 2**20:.2f} MiB per set); "
         f"server RSS {report['rss_registered'] / 2**20:.0f} MiB registered, {report['rss_after'] / 2**20:.0f} MiB after",
@@ -187,6 +197,19 @@ def _server_command(config: ManySetsConfig, sets_dir: Path, port: int) -> list[s
     return [sys.executable, *command]
 
 
+def _idle_swap_ins(port: int, listing: dict, source: str, count: int = 24) -> dict:
+    """Swap-in latency on an otherwise idle engine: one-token requests one after the other, each for
+    a set that waits in `source` (host or disk), so each is one swap-in with no step to wait for."""
+    names = [entry["name"] for entry in listing["data"] if entry["tier"] == source][:count]
+    before = _swap_in_buckets(port, source)
+    with httpx.Client(timeout=120) as http:
+        for name in names:
+            reply = http.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": name, "prompt": "a", "max_tokens": 1})
+            reply.raise_for_status()
+    during = {bound: count - before.get(bound, 0.0) for bound, count in _swap_in_buckets(port, source).items()}
+    return {"swap_ins": during.get(float("inf"), 0.0), "p50": histogram_quantile(0.5, during), "p99": histogram_quantile(0.99, during)}
+
+
 def _vocab(model_dir: Path) -> int:
     return json.loads((model_dir / "config.json").read_text())["vocab_size"]
 
@@ -196,13 +219,14 @@ def _listing(port: int) -> dict:
     return httpx.get(f"http://127.0.0.1:{port}/v1/adapter-sets", headers=headers, timeout=60).json()
 
 
-def _swap_in_buckets(port: int) -> dict[float, float]:
-    """The server's swap-in latency histogram, every kind and source together: upper bound → cumulative count."""
+def _swap_in_buckets(port: int, source: str | None = None) -> dict[float, float]:
+    """The server's swap-in latency histogram, of one source (host, disk) or of all, every kind
+    together: upper bound → cumulative count."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "orthoserve_adapter_swap_in_seconds_bucket":
+            if sample.name == "orthoserve_adapter_swap_in_seconds_bucket" and source in (None, sample.labels["source"]):
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
     return buckets

@@ -34,6 +34,8 @@ def test_bench_many_sets_reports_every_workload(tiny_model_dir: Path, tmp_path: 
     assert report["registration_seconds"] > 0
     uniform = report["results"]["uniform"]
     assert 0 < uniform["swap_in_p50"] <= uniform["swap_in_p99"] and report["results"]["base"]["swap_in_p50"] is None
+    idle_from_host = report["idle_swap_in"]["host"]
+    assert idle_from_host["swap_ins"] > 0 and 0 < idle_from_host["p50"] <= idle_from_host["p99"]
     assert "| uniform |" in result.output
 
 
