@@ -11,7 +11,7 @@ import torch
 
 from adapters.base_model import BaseModelInfo
 from adapters.format import SetStructure, check_structure, read_checked_tensors
-from router.heap import release_freed_memory
+from adapters.serving.heap import release_freed_memory
 from router.ports import SetDescription, SetInspection
 
 

@@ -135,7 +135,7 @@ def bench_http(
     """Streaming throughput and time to first token over HTTP: orthoserve against vLLM's own OpenAI server."""
     from server.default_model import ensure_default_model
     from server.engine.adapter_backend import model_context_length
-    from server.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
+    from server.tools.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
 
     model_dir = (model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve()
     config = HttpBenchConfig(
@@ -167,8 +167,8 @@ def bench_many_sets(
     """More registered sets than engine slots: base, uniform and Zipf workloads over HTTP, with swap-ins."""
     from server.default_model import ensure_default_model
     from server.engine.adapter_backend import model_context_length
-    from server.http_bench import HttpBenchConfig
-    from server.many_sets_bench import ManySetsConfig, render_table, run_many_sets_bench, write_json
+    from server.tools.http_bench import HttpBenchConfig
+    from server.tools.many_sets_bench import ManySetsConfig, render_table, run_many_sets_bench, write_json
 
     settings = _settings(cache_dir=cache_dir)
     model_dir = (model or ensure_default_model(settings)).resolve()
@@ -239,7 +239,7 @@ def bench(
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
 ) -> None:
     """Throughput of every adapter kind and of many distinct sets per batch, as ratios to the base model."""
-    from server.bench import BenchConfig, render_table, run_bench, write_json
+    from server.tools.bench import BenchConfig, render_table, run_bench, write_json
     from server.default_model import ensure_default_model
 
     settings = _settings(cache_dir=cache_dir)
@@ -280,7 +280,7 @@ def soak(
 ) -> None:
     """Drive a real server with mixed traffic while sets are replaced and reloaded; exit 1 on any failure."""
     from server.default_model import ensure_default_model
-    from server.soak import SoakConfig, render_report, run_soak, write_json
+    from server.tools.soak import SoakConfig, render_report, run_soak, write_json
 
     config = SoakConfig(
         model_dir=(model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve(),

@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from errors.domain import DomainError
 from errors.envelope import domain_error_response, error_response
-from server.engine import vllm_compat as vc
-from server.engine import vllm_internals as vi
+from server.engine.vllm import engine as vllm_engine
+from server.engine.vllm import openai as vllm_openai
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ def is_client_error(exc: BaseException) -> bool:
     """Whether the request, not the server, is at fault: our own status, or vLLM's classification."""
     if isinstance(exc, DomainError):
         return 400 <= exc.status < 500
-    return isinstance(exc, Exception) and vi.create_error_response(exc).error.code < 500
+    return isinstance(exc, Exception) and vllm_openai.create_error_response(exc).error.code < 500
 
 
-def vllm_error_response(error: vi.VllmErrorResponse) -> JSONResponse:
+def vllm_error_response(error: vllm_openai.VllmErrorResponse) -> JSONResponse:
     """One of vLLM's error responses (its `code` is the HTTP status) in our envelope."""
     info = error.error
     code = _CONTEXT_LENGTH_EXCEEDED if info.param in _CONTEXT_LENGTH_PARAMS else None
@@ -49,7 +49,7 @@ async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
 
 async def _vllm_error(_: Request, exc: Exception) -> JSONResponse:
     """vLLM errors raised while a request body is validated (its request models raise them)."""
-    return vllm_error_response(vi.create_error_response(exc))
+    return vllm_error_response(vllm_openai.create_error_response(exc))
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -94,7 +94,7 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
-    app.add_exception_handler(vc.VLLMError, _vllm_error)
+    app.add_exception_handler(vllm_engine.VLLMError, _vllm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

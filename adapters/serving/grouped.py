@@ -5,7 +5,7 @@ reads. The kernel is chosen once, when the engine builds its banks (`SegmentedKe
 
 - CPU: `torch._grouped_mm`, any float dtype;
 - CUDA, fp16 and bf16: vLLM's punica Triton kernels (`lora_shrink` / `lora_expand`), handed in by the
-  engine seam (`server/engine/vllm_internals.py`);
+  engine seam (`server/engine/vllm/worker.py`);
 - any other case (fp32 on CUDA, rows not 16-byte aligned): one product per listed slot.
 
 No kernel reads device data on the host: group sizes come from the host's routing (`Groups.host_ends`).

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from errors.domain import DomainError
 from errors.envelope import error_event
-from router.step_routing import ROUTING_KEY
-from server.engine import vllm_internals as vi
+from server.engine.worker.step_routing import ROUTING_KEY
+from server.engine.vllm import openai as vllm_openai
 from server.engine.request_scope import RequestScope
 from server.engine.service import EngineService
 from server.error_handlers import vllm_error_response
@@ -44,7 +44,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
     try:
         with scope.active():
             result = await until_disconnected(http, call(body, http))
-        if isinstance(result, vi.VllmErrorResponse):
+        if isinstance(result, vllm_openai.VllmErrorResponse):
             if result.error.code >= 500 and engine.is_dead():
                 raise EngineUnavailable()
             scope.finish("client_error" if result.error.code < 500 else "server_error")
@@ -60,7 +60,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
             raise
         if engine.is_dead():
             raise EngineUnavailable() from exc
-        return vllm_error_response(vi.create_error_response(exc))  # bad values vLLM raises as plain errors
+        return vllm_error_response(vllm_openai.create_error_response(exc))  # bad values vLLM raises as plain errors
     except BaseException as exc:
         scope.fail(exc)
         raise
@@ -68,7 +68,7 @@ async def serve_generation(http: Request, endpoint: Endpoint, body: Any, call: S
         # The request failed before its first token (e.g. the engine refused a parameter): answer with
         # the error's status rather than a 200 stream holding one error event.
         await events.aclose()
-        error = vi.VllmErrorResponse.model_validate(json.loads(first.removeprefix("data: ")))
+        error = vllm_openai.VllmErrorResponse.model_validate(json.loads(first.removeprefix("data: ")))
         scope.finish("client_error" if error.error.code < 500 else "server_error")
         return vllm_error_response(error)
     stream = _sse(scope, first, events, engine)

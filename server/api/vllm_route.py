@@ -4,7 +4,7 @@ FastAPI validates the body with vLLM's request models before the handler runs; t
 pydantic errors, vLLM's own errors or plain Python ones (TypeError, ValueError, ...). This route
 - reports a request refused there to the request lifecycle (and so to the metrics), since it never
   reaches the engine service;
-- answers a plain exception as vLLM's server does (`vllm_internals.create_error_response`: bad values
+- answers a plain exception as vLLM's server does (`server.engine.vllm.openai.create_error_response`: bad values
   are 400s) in our envelope, instead of a generic 500.
 Handlers turn exceptions out of vLLM's serving calls into responses themselves.
 """
@@ -19,8 +19,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from errors.domain import DomainError
-from server.engine import vllm_compat as vc
-from server.engine import vllm_internals as vi
+from server.engine.vllm import engine as vllm_engine
+from server.engine.vllm import openai as vllm_openai
 from server.error_handlers import vllm_error_response
 from server.lifecycle import Endpoint
 
@@ -37,12 +37,12 @@ def vllm_route(endpoint: Endpoint | None = None) -> type[APIRoute]:
                     return await handler(request)
                 except (DomainError, StarletteHTTPException):
                     raise
-                except (RequestValidationError, vc.VLLMError) as exc:
+                except (RequestValidationError, vllm_engine.VLLMError) as exc:
                     _reject(request, exc)
                     raise
                 except Exception as exc:  # noqa: BLE001 - vLLM's request models raise plain errors for bad values
                     _reject(request, exc)
-                    return vllm_error_response(vi.create_error_response(exc))
+                    return vllm_error_response(vllm_openai.create_error_response(exc))
 
             return served
 

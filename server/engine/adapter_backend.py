@@ -27,7 +27,7 @@ from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
 from router.ports import Arrival, Eviction, MoveOutcome, SlotLimits
-from router.step_routing import RequestRoute
+from server.engine.worker.step_routing import RequestRoute
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
 

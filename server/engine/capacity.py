@@ -16,13 +16,12 @@ from adapters.serving.bank import BankDtype, MethodCapacity, compute_dtype
 from router.errors import AdapterCapacityExceeded
 from router.ports import SlotLimits
 from server.capacity_settings import setting_name
-from server.engine import vllm_compat as vc
-from server.engine.adapted_linear import ADAPTED_LINEAR_OP
+from server.engine.vllm import engine as vllm_engine
+from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
+from server.engine.worker.extension import BANK_DTYPE_KEY, CAPACITY_KEY
 from server.settings import Settings
 
-WORKER_EXTENSION = "server.engine.worker_extension.OrthoserveWorkerExtension"
-CAPACITY_KEY = "orthoserve"
-BANK_DTYPE_KEY = "orthoserve_bank_dtype"
+WORKER_EXTENSION = "server.engine.worker.extension.OrthoserveWorkerExtension"
 _MIN_BATCHED_TOKENS = 2048
 
 
@@ -52,7 +51,7 @@ class AdapterCapacity:
                 CAPACITY_KEY: {kind: c.model_dump() for kind, c in self.methods.items()},
                 BANK_DTYPE_KEY: self.bank_dtype,
             },
-            "compilation_config": vc.compilation_outside_graphs([ADAPTED_LINEAR_OP]),
+            "compilation_config": vllm_engine.compilation_outside_graphs([ADAPTED_LINEAR_OP]),
         }
         if any(get_method(kind).serving.whole_prompt_prefill for kind in self.methods):
             options["enable_chunked_prefill"] = False
@@ -76,7 +75,7 @@ class AdapterCapacity:
 
     def adapter_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         """Dtype the engine keeps adapter weights in (what a set's footprint is estimated at)."""
-        return compute_dtype(torch.device("cpu" if vc.is_cpu_platform() else "cuda"), model_dtype, self.bank_dtype)
+        return compute_dtype(torch.device("cpu" if vllm_engine.is_cpu_platform() else "cuda"), model_dtype, self.bank_dtype)
 
 
 def capacity_from_settings(settings: Settings) -> AdapterCapacity:

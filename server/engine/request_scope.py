@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.resident import Lease
-from server.engine import vllm_compat as vc
+from server.engine.vllm import engine as vllm_engine
 from server.engine.adapter_backend import EngineRouting
 from server.error_handlers import is_client_error
 from server.errors import ClientDisconnected
@@ -50,7 +50,7 @@ class RequestScope:
     record: RequestRecord
     lifecycle: RequestLifecycle
     engine_error: BaseException | None = None  # the first error an engine stream ended with
-    _stats: dict[int, vc.RequestStateStats] = field(default_factory=dict, init=False)
+    _stats: dict[int, vllm_engine.RequestStateStats] = field(default_factory=dict, init=False)
     _engine_requests: int = field(default=0, init=False)
 
     @property
@@ -66,7 +66,7 @@ class RequestScope:
         finally:
             _CURRENT.reset(token)
 
-    def route(self, prompt: Any, params: vc.SamplingParams) -> Any:
+    def route(self, prompt: Any, params: vllm_engine.SamplingParams) -> Any:
         """The engine prompt of one engine request, salted; `params` gain the routing in place."""
         routing = self.routing
         if routing.extra_args:
@@ -81,7 +81,7 @@ class RequestScope:
         salt = routing.cache_salt if client_salt is None else f"{routing.cache_salt}:{client_salt}"
         return {**prompt, "cache_salt": salt}
 
-    async def observe(self, outputs: AsyncIterator[vc.RequestOutput]) -> AsyncGenerator[vc.RequestOutput, None]:
+    async def observe(self, outputs: AsyncIterator[vllm_engine.RequestOutput]) -> AsyncGenerator[vllm_engine.RequestOutput, None]:
         """Pass one engine request's outputs through, reporting them to the request's record."""
         index = self._engine_requests
         self._engine_requests += 1
@@ -127,15 +127,15 @@ class RequestScope:
 class RoutedEngineClient:
     """The engine client vLLM's serving classes run on: AsyncLLM, with every request routed by its scope."""
 
-    def __init__(self, engine: vc.AsyncLLM) -> None:
+    def __init__(self, engine: vllm_engine.AsyncLLM) -> None:
         self._engine = engine
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     def generate(
-        self, prompt: Any, sampling_params: vc.SamplingParams, request_id: str, **kwargs: Any
-    ) -> AsyncGenerator[vc.RequestOutput, None]:
+        self, prompt: Any, sampling_params: vllm_engine.SamplingParams, request_id: str, **kwargs: Any
+    ) -> AsyncGenerator[vllm_engine.RequestOutput, None]:
         scope = _CURRENT.get()
         if scope is None:
             raise OutsideRequestScope(f"engine request {request_id} was made outside any API request")

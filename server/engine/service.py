@@ -1,6 +1,6 @@
 """The engine service: runs vLLM's AsyncLLM in-process and opens every API request on it.
 
-The OpenAI API itself is vLLM's serving layer (`vllm_internals.build_openai_serving`), built on a
+The OpenAI API itself is vLLM's serving layer (`server.engine.vllm.openai.build_openai_serving`), built on a
 `RoutedEngineClient` over the engine. This service owns what stays orthoserve's: the engine's
 arguments and lifetime, and `open_request`, which resolves a request's task tag into a `RequestScope`
 (target, set-version lease, lifecycle record) before vLLM sees the request.
@@ -13,8 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
-from server.engine import vllm_compat as vc
-from server.engine import vllm_internals as vi
+from server.engine.vllm import check_pinned_version
+from server.engine.vllm import engine as vllm_engine
+from server.engine.vllm import openai as vllm_openai
 from server.engine.adapter_backend import model_context_length, request_routing
 from server.engine.capacity import AdapterCapacity, capacity_from_settings
 from server.engine.request_scope import RequestScope, RoutedEngineClient, current_tag, outcome_of
@@ -35,17 +36,17 @@ class EngineService:
         self.served_model_name = settings.served_model_name or model_dir.name
         self.resolver: TargetResolver = resolver or BaseModelResolver(self.served_model_name)
         self.lifecycle = RequestLifecycle()
-        self._engine: vc.AsyncLLM | None = None
-        self._serving: vi.OpenAIServing | None = None
+        self._engine: vllm_engine.AsyncLLM | None = None
+        self._serving: vllm_openai.OpenAIServing | None = None
         self.capacity: AdapterCapacity = capacity_from_settings(settings)
         self.max_model_len = 0
         self.start_seconds: float | None = None
 
     # --- engine lifetime -------------------------------------------------------------------------
 
-    def engine_args(self) -> vc.AsyncEngineArgs:
+    def engine_args(self) -> vllm_engine.AsyncEngineArgs:
         settings = self.settings
-        return vc.AsyncEngineArgs(
+        return vllm_engine.AsyncEngineArgs(
             model=str(self.model_dir),
             served_model_name=[self.served_model_name],
             dtype=settings.dtype,
@@ -60,30 +61,30 @@ class EngineService:
         )
 
     async def start(self) -> None:
-        vc.check_pinned_version()
-        vi.verify_openai_serving()
+        check_pinned_version()
+        vllm_openai.verify_openai_serving()
         started = time.monotonic()
-        if vc.is_cpu_platform():
+        if vllm_engine.is_cpu_platform():
             settings = self.settings
-            threads = vc.cpu_worker_thread_env(settings.cpu_threads, settings.tensor_parallel_size, settings.cpu_threads_bind)
+            threads = vllm_engine.cpu_worker_thread_env(settings.cpu_threads, settings.tensor_parallel_size, settings.cpu_threads_bind)
             export_environment(threads)
             if settings.tensor_parallel_size > 1 and settings.cpu_threads_bind is None:
                 bind = threads["VLLM_CPU_OMP_THREADS_BIND"]
                 logger.info("Tensor-parallel CPU workers bound to cores %s (set VLLM_CPU_OMP_THREADS_BIND to choose)", bind)
-        self._engine = vc.AsyncLLM.from_engine_args(self.engine_args())
+        self._engine = vllm_engine.AsyncLLM.from_engine_args(self.engine_args())
         self.max_model_len = self._engine.model_config.max_model_len
         client = RoutedEngineClient(self._engine)
-        models = vi.TaggedServingModels(client, self.served_model_name, str(self.model_dir), current_tag)
-        options = vi.ServingOptions(self.settings.tool_call_parser, self.settings.enable_auto_tool_choice)
-        self._serving = vi.build_openai_serving(client, models, options)
+        models = vllm_openai.TaggedServingModels(client, self.served_model_name, str(self.model_dir), current_tag)
+        options = vllm_openai.ServingOptions(self.settings.tool_call_parser, self.settings.enable_auto_tool_choice)
+        self._serving = vllm_openai.build_openai_serving(client, models, options)
         await self._warm_up()
         self.start_seconds = time.monotonic() - started
         logger.info("Engine ready in %.1f s: %s as `%s`", self.start_seconds, self.model_dir, self.served_model_name)
 
     async def _warm_up(self) -> None:
         """Run one token through the engine so the first client request does not pay for lazy setup."""
-        params = vc.SamplingParams(max_tokens=1, output_kind=vc.RequestOutputKind.FINAL_ONLY)
-        async for _ in self.engine.generate(vc.TokensPrompt(prompt_token_ids=[0]), params, "warmup"):
+        params = vllm_engine.SamplingParams(max_tokens=1, output_kind=vllm_engine.RequestOutputKind.FINAL_ONLY)
+        async for _ in self.engine.generate(vllm_engine.TokensPrompt(prompt_token_ids=[0]), params, "warmup"):
             pass
 
     def is_dead(self) -> bool:
@@ -97,13 +98,13 @@ class EngineService:
             self._serving = None
 
     @property
-    def engine(self) -> vc.AsyncLLM:
+    def engine(self) -> vllm_engine.AsyncLLM:
         if self._engine is None:
             raise EngineUnavailable("The engine is not running.")
         return self._engine
 
     @property
-    def serving(self) -> vi.OpenAIServing:
+    def serving(self) -> vllm_openai.OpenAIServing:
         """vLLM's OpenAI serving classes on this engine."""
         if self._serving is None:
             raise EngineUnavailable("The engine is not running.")
@@ -112,7 +113,7 @@ class EngineService:
     async def check_health(self) -> None:
         try:
             await self.engine.check_health()
-        except vc.EngineDeadError as exc:
+        except vllm_engine.EngineDeadError as exc:
             raise EngineUnavailable() from exc
 
     # --- requests --------------------------------------------------------------------------------

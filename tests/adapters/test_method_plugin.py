@@ -23,7 +23,7 @@ from adapters.reference import reference_greedy
 from adapters.registry import ENTRY_POINT_GROUP, MethodSpec, get_method, registered_methods
 from router.target import BASE_TARGET, RouteTarget
 from server.engine.capacity import AdapterCapacity
-from server.engine.offline import OfflineEngine, OfflineRequest
+from server.tools.offline import OfflineEngine, OfflineRequest
 
 TOY_SOURCE = Path(__file__).parent / "toy_bias"
 MAX_TOKENS = 8

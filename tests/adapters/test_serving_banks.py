@@ -28,7 +28,7 @@ from adapters.serving.factors import SharedFactors, torch_product
 from adapters.serving.grouped import LOOP, TORCH_GROUPED_MM, Groups, GroupedWeights, grouped_matmul_reference
 from adapters.serving.pages import zero_and_release
 from adapters.svd_cache import BaseFactors
-from router.step_routing import RequestRoute, ResidentEntry, build_host_rows, device_rows
+from server.engine.worker.step_routing import RequestRoute, ResidentEntry, build_host_rows, device_rows
 
 LAYER = 1
 CPU = torch.device("cpu")

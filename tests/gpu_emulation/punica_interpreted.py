@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adapters.serving.grouped import Groups, GroupedWeights, grouped_matmul_reference  # noqa: E402
-from server.engine.vllm_internals import segmented_kernel  # noqa: E402
+from server.engine.vllm.worker import segmented_kernel  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from server.cli import app
-from server.many_sets_bench import histogram_quantile
+from server.tools.many_sets_bench import histogram_quantile
 
 
 def test_bench_many_sets_reports_every_workload(tiny_model_dir: Path, tmp_path: Path) -> None:

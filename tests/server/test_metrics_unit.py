@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.target import BASE_TARGET, RouteTarget
-from server.engine.vllm_compat import RequestStateStats
+from server.engine.vllm.engine import RequestStateStats
 from server.lifecycle import Outcome, RequestLifecycle, RequestRecord
 from server.metrics import DEFAULT_LATENCY_BUCKETS, ServingMetrics, parse_buckets
 

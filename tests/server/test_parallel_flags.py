@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from server.cli import app
-from server.engine import vllm_compat as vc
+from server.engine.vllm import engine as vllm_engine
 
 
 def test_pipeline_parallel_with_adapter_capacity_is_refused_at_start(tiny_model_dir: Path) -> None:
@@ -22,12 +22,12 @@ def test_pipeline_parallel_with_adapter_capacity_is_refused_at_start(tiny_model_
 
 def test_tensor_parallel_cpu_workers_get_cores_of_their_own() -> None:
     cores = sorted(os.sched_getaffinity(0))
-    assert vc.cpu_worker_thread_env(1)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
-    assert vc.cpu_worker_thread_env(1, 2)["VLLM_CPU_OMP_THREADS_BIND"] == f"{cores[0]}|{cores[1]}"
-    assert vc.cpu_worker_thread_env(1, 2, bind="5|7")["VLLM_CPU_OMP_THREADS_BIND"] == "5|7"
+    assert vllm_engine.cpu_worker_thread_env(1)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert vllm_engine.cpu_worker_thread_env(1, 2)["VLLM_CPU_OMP_THREADS_BIND"] == f"{cores[0]}|{cores[1]}"
+    assert vllm_engine.cpu_worker_thread_env(1, 2, bind="5|7")["VLLM_CPU_OMP_THREADS_BIND"] == "5|7"
     too_many = len(cores) + 1
     try:
-        vc.cpu_core_binding(too_many, 1)
+        vllm_engine.cpu_core_binding(too_many, 1)
     except ValueError as error:
         assert f"{too_many} tensor-parallel workers" in str(error)
     else:

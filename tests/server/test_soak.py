@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.soak import SoakConfig, render_report, run_soak
+from server.tools.soak import SoakConfig, render_report, run_soak
 
 
 def test_short_soak_has_no_failures_and_no_wrong_versions(tiny_model_dir: Path, tmp_path: Path):

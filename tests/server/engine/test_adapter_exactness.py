@@ -20,9 +20,9 @@ from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
 from adapters.reference import ReferenceModel, RowRoute, reference_greedy
 from router.target import BASE_TARGET, RouteTarget
-from server.engine.adapted_linear import ADAPTED_LINEAR_OP
+from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.engine.capacity import AdapterCapacity
-from server.engine.offline import OfflineEngine, OfflineRequest
+from server.tools.offline import OfflineEngine, OfflineRequest
 
 MAX_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-4

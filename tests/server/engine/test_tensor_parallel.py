@@ -18,7 +18,7 @@ from adapters.lora.config import LoraConfig
 from adapters.reference import reference_greedy
 from router.target import BASE_TARGET, RouteTarget
 from server.engine.capacity import AdapterCapacity
-from server.engine.offline import OfflineEngine, OfflineRequest
+from server.tools.offline import OfflineEngine, OfflineRequest
 from tiny_model import build_tiny_llama
 
 MAX_TOKENS = 6

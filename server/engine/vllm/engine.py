@@ -1,14 +1,10 @@
-"""The one seam to vLLM: every vLLM symbol orthoserve uses is imported here and nowhere else.
-
-vLLM is pinned exactly (see pyproject.toml); `check_pinned_version` fails fast on any other version
-because several of these names are internal interfaces.
-"""
+"""vLLM's public engine API, as orthoserve uses it: engines, sampling parameters, outputs, errors,
+and the engine options orthoserve sets (compilation, CPU core binding)."""
 
 from __future__ import annotations
 
 import os
 
-import vllm
 from vllm import LLM
 from vllm.config import CompilationConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
@@ -24,8 +20,6 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from vllm.v1.metrics.stats import RequestStateStats
 
-PINNED_VLLM_VERSION = "0.32.0"
-
 __all__ = [
     "AsyncEngineArgs",
     "AsyncLLM",
@@ -35,7 +29,6 @@ __all__ = [
     "LLM",
     "LoRARequest",
     "Logprob",
-    "PINNED_VLLM_VERSION",
     "RequestOutput",
     "RequestOutputKind",
     "RequestStateStats",
@@ -44,20 +37,12 @@ __all__ = [
     "VLLMClientError",
     "VLLMError",
     "VLLMValidationError",
-    "check_pinned_version",
     "compilation_outside_graphs",
     "cpu_core_binding",
     "cpu_worker_thread_env",
     "is_cpu_platform",
     "merge_async_iterators",
 ]
-
-
-def check_pinned_version() -> None:
-    if vllm.__version__ != PINNED_VLLM_VERSION:
-        raise RuntimeError(
-            f"orthoserve needs vLLM {PINNED_VLLM_VERSION} (it uses internal interfaces); found {vllm.__version__}"
-        )
 
 
 # vLLM's own splitting ops when none are given (attention, and the KV-cache update it splits out).

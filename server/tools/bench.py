@@ -29,9 +29,9 @@ from adapters.initialise import init_adapter_set
 from adapters.lora.config import LoraConfig
 from adapters.serving.bank import cpu_capability
 from router.target import BASE_TARGET, RouteTarget
-from server.engine import vllm_compat as vc
+from server.engine.vllm import engine as vllm_engine
 from server.engine.capacity import AdapterCapacity
-from server.engine.offline import OfflineEngine, OfflineRequest
+from server.tools.offline import OfflineEngine, OfflineRequest
 
 Make = Callable[[int, list[int]], OfflineRequest]
 
@@ -286,7 +286,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
     log("vLLM engine with its stock LoRA path")
     n_stock = config.lora_adapters
     peft_dirs = [_write_peft_copy(path, config.work_dir / "peft" / path.name) for path in sets.loras[:n_stock]]
-    stock_adapters = [vc.LoRARequest(f"lora-{i}", i + 1, str(path)) for i, path in enumerate(peft_dirs)]
+    stock_adapters = [vllm_engine.LoRARequest(f"lora-{i}", i + 1, str(path)) for i, path in enumerate(peft_dirs)]
     stock = OfflineEngine(
         config.model_dir, config.svd_cache_dir, dtype=config.dtype, capacity=AdapterCapacity({}),
         stock_lora_rank=config.lora_rank, max_stock_loras=n_stock, tensor_parallel_size=config.tensor_parallel_size,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from adapters.serving.bank import ProjectionBank
-from router.step_routing import StepRouting
+from server.engine.worker.step_routing import StepRouting
 
 
 @dataclass(frozen=True)

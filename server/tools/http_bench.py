@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from server.engine import vllm_compat as vc
+from server.engine.vllm import engine as vllm_engine
 from server.settings import export_environment
 
 START_TIMEOUT_S = 900
@@ -75,8 +75,8 @@ def server_commands(config: HttpBenchConfig, port: int) -> dict[str, list[str]]:
 
 def run_http_bench(config: HttpBenchConfig, log: Callable[[str], None] = print) -> dict:
     # The vLLM server gets the CPU worker environment orthoserve's engine sets for itself.
-    if vc.is_cpu_platform():
-        export_environment(vc.cpu_worker_thread_env(config.cpu_threads))
+    if vllm_engine.is_cpu_platform():
+        export_environment(vllm_engine.cpu_worker_thread_env(config.cpu_threads))
     prompts = _prompts(config)
     runs: list[RunResult] = []
     for repeat in range(config.repeats):

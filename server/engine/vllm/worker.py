@@ -1,9 +1,6 @@
-"""Every vLLM *internal* orthoserve relies on, in one place, pinned to one vLLM release.
-
-Public engine APIs (AsyncLLM, SamplingParams, ...) are imported in `vllm_compat`; this module holds what
-is not public and may move between releases: the linear-layer classes of Llama-family models and their
-fields, the model runner's per-step input preparation, and its per-request state. The test
-`tests/server/engine/test_vllm_internals.py` fails loudly when any of them changes.
+"""The vLLM internals the adapted layers hook into inside each worker: the linear-layer classes of
+Llama-family models and their fields, the model runner's per-step input preparation and per-request
+state, and the punica kernels. `verify_internals` checks them when a worker starts.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import vllm
 from torch import nn
 from vllm import _custom_ops
 from vllm.distributed import tensor_model_parallel_all_reduce
@@ -35,9 +31,8 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
 from adapters.serving.bank import ProjectionShape
 from adapters.serving.grouped import Groups, SegmentedKernel, default_kernel
-from router.step_routing import RequestRoute
-
-PINNED_VLLM_VERSION = "0.32.0"
+from server.engine.vllm import UnsupportedEngineLayout, check_pinned_version
+from server.engine.worker.step_routing import RequestRoute
 
 # Fused vLLM modules of a Llama-family decoder layer and the HF projections packed in their outputs,
 # in output-column order. First match wins; the suffixes are disjoint.
@@ -49,16 +44,9 @@ FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-class UnsupportedEngineLayout(RuntimeError):
-    """The engine's model or vLLM version is not one orthoserve can adapt."""
-
-
 def verify_internals() -> None:
     """Fail loudly when this vLLM is not the release the hooks below were written against."""
-    if vllm.__version__ != PINNED_VLLM_VERSION:
-        raise UnsupportedEngineLayout(
-            f"orthoserve's engine hooks are pinned to vLLM {PINNED_VLLM_VERSION}, found {vllm.__version__}"
-        )
+    check_pinned_version()
     expectations = {
         "GPUModelRunner._prepare_inputs(self, scheduler_output, num_scheduled_tokens)": list(
             inspect.signature(GPUModelRunner._prepare_inputs).parameters
@@ -275,118 +263,3 @@ def runner_compilation(model_runner: object) -> dict[str, object]:
         "splitting_ops": list(config.splitting_ops or []),
         "counters": dataclasses.asdict(compilation_counter),
     }
-
-
-# --- vLLM's OpenAI serving layer ------------------------------------------------------------------
-# orthoserve serves the OpenAI API through vLLM's own serving classes, built here on orthoserve's engine
-# client (`server.engine.request_scope.RoutedEngineClient`). Two seams: the constructor arguments of
-# those classes (mirroring `vllm.entrypoints.generate.api_router.init_generate_state`), and
-# `TaggedServingModels`, which makes task tags valid model names and echoes them as `model`.
-
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest  # noqa: E402
-from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat  # noqa: E402
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest  # noqa: E402
-from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion  # noqa: E402
-from vllm.entrypoints.openai.models.protocol import BaseModelPath  # noqa: E402
-from vllm.entrypoints.openai.models.serving import OpenAIServingModels  # noqa: E402
-from vllm.entrypoints.openai.responses.protocol import ResponsesRequest  # noqa: E402
-from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses  # noqa: E402
-from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VllmErrorResponse  # noqa: E402
-from vllm.entrypoints.serve.exception_handling.error_response import create_error_response  # noqa: E402
-from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest  # noqa: E402
-from vllm.entrypoints.serve.tokenize.serving import ServingTokenization  # noqa: E402
-from vllm.lora.request import LoRARequest  # noqa: E402
-from vllm.renderers.online_renderer import OnlineRenderer  # noqa: E402
-
-class TaggedServingModels(OpenAIServingModels):
-    """vLLM's model registry, where the tag of the request being served is a valid model name.
-
-    orthoserve resolves every request's tag itself (with its own errors) before vLLM sees it;
-    `current_tag()` is that tag while the request runs, so vLLM accepts it and echoes it as `model`.
-    """
-
-    def __init__(self, engine_client: object, base_name: str, model_path: str, current_tag: Callable[[], str | None]) -> None:
-        super().__init__(engine_client, [BaseModelPath(name=base_name, model_path=model_path)])
-        self._current_tag = current_tag
-
-    def is_base_model(self, model_name: str) -> bool:
-        return super().is_base_model(model_name) or model_name == self._current_tag()
-
-    def model_name(self, lora_request: LoRARequest | None = None) -> str:
-        return self._current_tag() or super().model_name(lora_request)
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """The `vllm serve` options of the OpenAI layer that orthoserve exposes as settings."""
-
-    tool_call_parser: str | None = None
-    enable_auto_tool_choice: bool = False
-
-
-@dataclass(frozen=True)
-class OpenAIServing:
-    chat: OpenAIServingChat
-    completion: OpenAIServingCompletion
-    responses: OpenAIServingResponses
-    tokenization: ServingTokenization
-
-
-def build_openai_serving(engine_client: object, models: TaggedServingModels, options: ServingOptions) -> OpenAIServing:
-    """vLLM's chat, completion, Responses and tokenization serving on `engine_client`, with `vllm serve`'s defaults."""
-    template = {"chat_template": None, "chat_template_content_format": "auto"}  # the tokenizer's template
-    tools = {"enable_auto_tools": options.enable_auto_tool_choice, "tool_parser": options.tool_call_parser}
-    renderer = OnlineRenderer(
-        engine_client.model_config, engine_client.renderer, request_logger=None, **template, **tools
-    )
-    renderer.warmup()
-    return OpenAIServing(
-        chat=OpenAIServingChat(
-            engine_client=engine_client,
-            models=models,
-            response_role="assistant",
-            online_renderer=renderer,
-            request_logger=None,
-            **template,
-            **tools,
-        ),
-        completion=OpenAIServingCompletion(engine_client, models, online_renderer=renderer, request_logger=None),
-        responses=OpenAIServingResponses(engine_client, models, renderer, request_logger=None, **template, **tools),
-        tokenization=ServingTokenization(models, renderer, **template),
-    )
-
-
-def verify_openai_serving() -> None:
-    """Fail loudly when vLLM's OpenAI serving classes no longer take what `build_openai_serving` passes."""
-    expectations = {
-        "OnlineRenderer(model_config, renderer, request_logger, chat_template, ..., enable_auto_tools, tool_parser)": {
-            "model_config", "renderer", "request_logger", "chat_template", "chat_template_content_format",
-            "enable_auto_tools", "tool_parser",
-        },
-        "OpenAIServingChat(engine_client, models, response_role, online_renderer, ...)": {
-            "engine_client", "models", "response_role", "online_renderer", "request_logger", "chat_template",
-            "chat_template_content_format", "enable_auto_tools", "tool_parser",
-        },
-        "OpenAIServingCompletion(engine_client, models, online_renderer, request_logger)": {
-            "engine_client", "models", "online_renderer", "request_logger",
-        },
-        "OpenAIServingResponses(engine_client, models, online_renderer, ...)": {
-            "engine_client", "models", "online_renderer", "request_logger", "chat_template",
-            "chat_template_content_format", "enable_auto_tools", "tool_parser",
-        },
-        "ServingTokenization(models, online_renderer, chat_template, ...)": {
-            "models", "online_renderer", "chat_template", "chat_template_content_format",
-        },
-        "OpenAIServingModels(engine_client, base_model_paths)": {"engine_client", "base_model_paths"},
-    }  # fmt: skip
-    classes = (OnlineRenderer, OpenAIServingChat, OpenAIServingCompletion, OpenAIServingResponses, ServingTokenization, OpenAIServingModels)
-    moved = [
-        name
-        for (name, needed), cls in zip(expectations.items(), classes)
-        if not needed <= set(inspect.signature(cls.__init__).parameters)
-    ]
-    for cls, method in ((OpenAIServingModels, "is_base_model"), (OpenAIServingModels, "model_name")):
-        if not callable(getattr(cls, method, None)):
-            moved.append(f"{cls.__name__}.{method}")
-    if moved:
-        raise UnsupportedEngineLayout(f"vLLM's OpenAI serving layer has moved: {', '.join(moved)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def register() -> None:
-    from server.engine import vllm_internals
-    from server.engine.worker_extension import install_adapters
+    from server.engine.vllm import worker as vllm_worker
+    from server.engine.worker.extension import install_adapters
 
-    vllm_internals.after_model_load(install_adapters)
+    vllm_worker.after_model_load(install_adapters)

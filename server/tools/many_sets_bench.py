@@ -31,7 +31,7 @@ from adapters.base_model import BaseModelInfo, describe_base_model
 from adapters.errors import AdapterError
 from adapters.format import AdapterSet, load_adapter_set, read_manifest, save_adapter_set
 from adapters.initialise import init_adapter_set
-from server.http_bench import SERVED_NAME, HttpBenchConfig, free_port, run_load, serving, summarise
+from server.tools.http_bench import SERVED_NAME, HttpBenchConfig, free_port, run_load, serving, summarise
 
 ADMIN_TOKEN = "bench-many-sets"
 TASKS = {"lora": ["chat"], "moore": ["t0"], "badit": ["default"]}

@@ -1,6 +1,6 @@
 """Adapter residency inside each vLLM worker.
 
-`install_adapters` runs when the model loads (see `server.engine.plugin`): it wraps the fused linears of
+`install_adapters` runs when the model loads (see `plugin`): it wraps the fused linears of
 every decoder layer in `AdaptedLinear` layers backed by fixed-capacity banks and hooks the model runner
 so every step publishes its routing. The engine process then loads and unloads set versions through
 `AsyncLLM.collective_rpc` on the methods of `OrthoserveWorkerExtension` (vLLM's `worker_extension_cls`).
@@ -11,24 +11,27 @@ from __future__ import annotations
 import pathlib
 
 from adapters.registry import get_method
-from router.heap import release_freed_memory
-from server.engine import vllm_internals
-from server.engine.adapted_linear import Projection
-from server.engine.adapter_residency import WorkerAdapters
-from server.engine.capacity import BANK_DTYPE_KEY, CAPACITY_KEY
+from adapters.serving.heap import release_freed_memory
+from server.engine.vllm import worker as vllm_worker
+from server.engine.worker.adapted_linear import Projection
+from server.engine.worker.residency import WorkerAdapters
 
 _ATTRIBUTE = "_orthoserve_adapters"
+# Keys of vLLM's `additional_config` under which the engine process hands the workers their adapter
+# capacity and bank dtype (`server.engine.capacity.AdapterCapacity.engine_options`).
+CAPACITY_KEY = "orthoserve"
+BANK_DTYPE_KEY = "orthoserve_bank_dtype"
 
 
 def install_adapters(model_runner: object) -> None:
-    extra_config = vllm_internals.runner_extra_config(model_runner)
+    extra_config = vllm_worker.runner_extra_config(model_runner)
     capacity = extra_config.get(CAPACITY_KEY)
     if not capacity:
         return
-    vllm_internals.verify_internals()
+    vllm_worker.verify_internals()
     capacities = {kind: get_method(kind).serving.capacity_cls(**fields) for kind, fields in capacity.items()}
     linears = []
-    for linear in vllm_internals.adaptable_linears(vllm_internals.runner_model(model_runner)):
+    for linear in vllm_worker.adaptable_linears(vllm_worker.runner_model(model_runner)):
         projections, start = [], 0
         for name, shape in linear.projections:
             projections.append(Projection(name, start, shape.out_features))
@@ -38,16 +41,16 @@ def install_adapters(model_runner: object) -> None:
     adapters = WorkerAdapters(
         linears,
         capacities,
-        device=vllm_internals.runner_device(model_runner),
-        model_dtype=vllm_internals.runner_model_dtype(model_runner),
+        device=vllm_worker.runner_device(model_runner),
+        model_dtype=vllm_worker.runner_model_dtype(model_runner),
         bank_dtype=extra_config.get(BANK_DTYPE_KEY, "auto"),
-        kernel_for=vllm_internals.segmented_kernel,
-        max_tokens=vllm_internals.runner_max_tokens(model_runner),
-        product=vllm_internals.dense_product,
-        base_forward=vllm_internals.base_forward,
-        pack_output=vllm_internals.pack_output,
+        kernel_for=vllm_worker.segmented_kernel,
+        max_tokens=vllm_worker.runner_max_tokens(model_runner),
+        product=vllm_worker.dense_product,
+        base_forward=vllm_worker.base_forward,
+        pack_output=vllm_worker.pack_output,
     )
-    vllm_internals.install_step_hook(model_runner, adapters.begin_step, adapters.end_step)
+    vllm_worker.install_step_hook(model_runner, adapters.begin_step, adapters.end_step)
     setattr(model_runner, _ATTRIBUTE, adapters)
 
 
@@ -105,10 +108,10 @@ class OrthoserveWorkerExtension:
 
     def orthoserve_compilation(self) -> dict[str, object]:
         """How vLLM compiled this worker's model (mode, graph settings, compilation counters)."""
-        return vllm_internals.runner_compilation(vllm_internals.worker_model_runner(self))
+        return vllm_worker.runner_compilation(vllm_worker.worker_model_runner(self))
 
     def _orthoserve_adapters(self) -> WorkerAdapters:
-        adapters = getattr(vllm_internals.worker_model_runner(self), _ATTRIBUTE, None)
+        adapters = getattr(vllm_worker.worker_model_runner(self), _ATTRIBUTE, None)
         if adapters is None:
             raise RuntimeError("this engine was started without adapter capacity")
         return adapters

@@ -13,7 +13,8 @@ from adapters.base_model import describe_base_model
 from adapters.format import read_manifest
 from adapters.registry import registered_methods
 from router.target import BASE_TARGET, RouteTarget
-from server.engine import vllm_compat as vc
+from server.engine.vllm import check_pinned_version
+from server.engine.vllm import engine as vllm_engine
 from server.engine.adapter_backend import FactorsFolder, load_slot_args, request_routing
 from server.engine.capacity import AdapterCapacity
 from server.settings import export_environment
@@ -26,7 +27,7 @@ class OfflineRequest:
     prompt_token_ids: list[int]
     target: RouteTarget = BASE_TARGET
     max_tokens: int = 16
-    stock_lora: vc.LoRARequest | None = None  # vLLM's own LoRA path, for comparison runs
+    stock_lora: vllm_engine.LoRARequest | None = None  # vLLM's own LoRA path, for comparison runs
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class OfflineEngine:
         pipeline_parallel_size: int = 1,
     ) -> None:
         """`capacity`: adapter capacity of the engine (default: every method with its default limits)."""
-        vc.check_pinned_version()
-        if vc.is_cpu_platform():
-            export_environment(vc.cpu_worker_thread_env(1, tensor_parallel_size * pipeline_parallel_size))
+        check_pinned_version()
+        if vllm_engine.is_cpu_platform():
+            export_environment(vllm_engine.cpu_worker_thread_env(1, tensor_parallel_size * pipeline_parallel_size))
         self.base = describe_base_model(model_dir)
         self.dtype = dtype
         capacity = capacity or AdapterCapacity.build({kind: {} for kind in registered_methods()})
@@ -64,7 +65,7 @@ class OfflineEngine:
             if stock_lora_rank
             else {}
         )
-        self.llm = vc.LLM(
+        self.llm = vllm_engine.LLM(
             model=str(model_dir),
             dtype=dtype,
             max_model_len=max_model_len,
@@ -98,7 +99,7 @@ class OfflineEngine:
         return self.llm.collective_rpc("orthoserve_placement")[0]
 
     def compilation(self) -> dict[str, object]:
-        """How vLLM compiled the first worker's model (see `vllm_internals.runner_compilation`)."""
+        """How vLLM compiled the first worker's model (see `server.engine.vllm.worker.runner_compilation`)."""
         return self.llm.collective_rpc("orthoserve_compilation")[0]
 
     def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
@@ -107,7 +108,7 @@ class OfflineEngine:
             routing = request_routing(request.target)
             prompts.append(routing.prompt(request.prompt_token_ids))
             params.append(
-                vc.SamplingParams(
+                vllm_engine.SamplingParams(
                     max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True, **routing.sampling_fields()
                 )
             )
