@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from adapters.base_model import BaseModelInfo
 from adapters.format import read_manifest
-from adapters.manifest import Manifest
 from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
@@ -53,10 +52,52 @@ class FactorsFolder:
         return self._verified
 
 
-def load_slot_args(factors: FactorsFolder, slot: int, set_dir: Path, manifest: Manifest) -> tuple[int, str, str | None]:
-    """Arguments of the workers' `orthoserve_load_slot`; computes the base factors first if the set needs them."""
-    factors_dir = str(factors.path()) if manifest.method().needs_factors else None
-    return slot, str(set_dir), factors_dir
+@dataclass(frozen=True)
+class MoveCall:
+    """One `orthoserve_move` call to the workers: its arguments, and how to read the ranks' answers.
+    Arrivals whose folder cannot be read (or whose base factors cannot be made) are refused here,
+    before the call."""
+
+    evictions: list[Eviction]
+    sent: list[Arrival]
+    factors: dict[int, str | None]  # per sent arrival, the base factors folder its method reads
+    refused: dict[int, Exception]
+
+    @classmethod
+    def prepare(cls, factors: FactorsFolder, evictions: list[Eviction], arrivals: list[Arrival]) -> MoveCall:
+        """Blocking: reads each arrival's manifest, and computes the base factors if one needs them."""
+        folders: dict[int, str | None] = {}
+        refused: dict[int, Exception] = {}
+        for arrival in arrivals:
+            try:
+                needs_factors = read_manifest(arrival.set_dir).method().needs_factors
+                folders[arrival.slot] = str(factors.path()) if needs_factors else None
+            except Exception as error:  # noqa: BLE001 - this arrival fails; the move goes on without it
+                refused[arrival.slot] = error
+        return cls(evictions, [a for a in arrivals if a.slot not in refused], folders, refused)
+
+    @property
+    def args(self) -> tuple[list, list]:
+        return (
+            [(e.slot, e.keep_host_copy) for e in self.evictions],
+            [(a.slot, str(a.set_dir), self.factors[a.slot], a.from_host) for a in self.sent],
+        )
+
+    def outcome(self, per_rank: list[dict[str, list]]) -> tuple[MoveOutcome, list[int]]:
+        """The move's outcome, and the slots some rank failed to bring in: the others may hold them,
+        so the caller unloads them everywhere."""
+        arrived: dict[int, int | Exception] = dict(self.refused)
+        failed = []
+        for index, arrival in enumerate(self.sent):
+            results = [rank["arrived"][index] for rank in per_rank]
+            errors = [result["error"] for result in results if "error" in result]
+            if errors:
+                failed.append(arrival.slot)
+                arrived[arrival.slot] = AdapterEngineLoadFailed(f"The engine could not load the set: {errors[0]}")
+            else:
+                arrived[arrival.slot] = max(result["bytes"] for result in results)  # bytes on the most loaded rank
+        host_bytes = {e.slot: max(rank["host_bytes"][index] for rank in per_rank) for index, e in enumerate(self.evictions)}
+        return MoveOutcome(host_bytes, arrived), failed
 
 
 class RpcEngine(Protocol):
@@ -76,35 +117,11 @@ class AdapterEngineBackend:
         self._capacity.check_limits(read_manifest(set_dir))
 
     async def move(self, evictions: list[Eviction], arrivals: list[Arrival]) -> MoveOutcome:
-        factors = await asyncio.to_thread(self._factors_dirs, arrivals)
-        arrived: dict[int, int | Exception] = {slot: error for slot, error in factors.items() if isinstance(error, Exception)}
-        sent = [a for a in arrivals if a.slot not in arrived]
-        per_rank = await self._engine.collective_rpc(
-            "orthoserve_move",
-            args=([(e.slot, e.keep_host_copy) for e in evictions], [(a.slot, str(a.set_dir), factors[a.slot], a.from_host) for a in sent]),
-        )
-        for index, arrival in enumerate(sent):
-            results = [rank["arrived"][index] for rank in per_rank]
-            failures = [result["error"] for result in results if "error" in result]
-            if failures:
-                # Some rank failed: the others may hold the set. Drop it everywhere, then report.
-                await self._engine.collective_rpc("orthoserve_unload_slot", args=(arrival.slot,))
-                arrived[arrival.slot] = AdapterEngineLoadFailed(f"The engine could not load the set: {failures[0]}")
-            else:
-                arrived[arrival.slot] = max(result["bytes"] for result in results)  # bytes on the most loaded rank
-        host_bytes = {e.slot: max(rank["host_bytes"][index] for rank in per_rank) for index, e in enumerate(evictions)}
-        return MoveOutcome(host_bytes, arrived)
-
-    def _factors_dirs(self, arrivals: list[Arrival]) -> dict[int, str | None | Exception]:
-        """Per arrival, the base factors folder its method reads (computed first if missing), None if
-        it reads none, or why its folder cannot be read."""
-        factors: dict[int, str | None | Exception] = {}
-        for arrival in arrivals:
-            try:
-                factors[arrival.slot] = load_slot_args(self._factors, arrival.slot, arrival.set_dir, read_manifest(arrival.set_dir))[2]
-            except Exception as error:  # noqa: BLE001 - this arrival fails; the move goes on without it
-                factors[arrival.slot] = error
-        return factors
+        call = await asyncio.to_thread(MoveCall.prepare, self._factors, evictions, arrivals)
+        outcome, failed = call.outcome(await self._engine.collective_rpc("orthoserve_move", args=call.args))
+        for slot in failed:
+            await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,))
+        return outcome
 
     async def forget(self, slots: list[int]) -> None:
         await self._engine.collective_rpc("orthoserve_forget", args=(slots,))
@@ -124,15 +141,21 @@ class EngineRouting:
     cache_salt: str | None  # prefix-cache namespace: set, version and task
     skip_prefix_cache: bool  # never read cached KV (BADIT: prefill routing sees the whole prompt)
 
-    def prompt(self, token_ids: list[int]) -> dict[str, Any]:
-        """The engine prompt (vLLM `TokensPrompt` fields) of one prompt, salted for its adapter."""
+    def attach(self, prompt: Any, params: Any) -> Any:
+        """Route one engine request: `params` (vLLM `SamplingParams`) gain the routing in place, and the
+        returned engine prompt is salted for the adapter. The one way requests are routed, by the
+        server and by the offline engine alike."""
+        if self.extra_args:
+            params.extra_args = {**(params.extra_args or {}), **self.extra_args}
+        if self.skip_prefix_cache:
+            params.skip_reading_prefix_cache = True
         if self.cache_salt is None:
-            return {"prompt_token_ids": token_ids}
-        return {"prompt_token_ids": token_ids, "cache_salt": self.cache_salt}
-
-    def sampling_fields(self) -> dict[str, Any]:
-        """The `SamplingParams` fields that carry this routing."""
-        return {"extra_args": self.extra_args, "skip_reading_prefix_cache": self.skip_prefix_cache}
+            return prompt
+        if not isinstance(prompt, dict):
+            raise TypeError(f"cannot salt an engine prompt of type {type(prompt).__name__}")
+        client_salt = prompt.get("cache_salt")
+        salt = self.cache_salt if client_salt is None else f"{self.cache_salt}:{client_salt}"
+        return {**prompt, "cache_salt": salt}
 
 
 def request_routing(target: RouteTarget) -> EngineRouting:

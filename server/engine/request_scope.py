@@ -68,18 +68,7 @@ class RequestScope:
 
     def route(self, prompt: Any, params: vllm_engine.SamplingParams) -> Any:
         """The engine prompt of one engine request, salted; `params` gain the routing in place."""
-        routing = self.routing
-        if routing.extra_args:
-            params.extra_args = {**(params.extra_args or {}), **routing.extra_args}
-        if routing.skip_prefix_cache:
-            params.skip_reading_prefix_cache = True
-        if routing.cache_salt is None:
-            return prompt
-        if not isinstance(prompt, dict):
-            raise OutsideRequestScope(f"cannot salt an engine prompt of type {type(prompt).__name__}")
-        client_salt = prompt.get("cache_salt")
-        salt = routing.cache_salt if client_salt is None else f"{routing.cache_salt}:{client_salt}"
-        return {**prompt, "cache_salt": salt}
+        return self.routing.attach(prompt, params)
 
     async def observe(self, outputs: AsyncIterator[vllm_engine.RequestOutput]) -> AsyncGenerator[vllm_engine.RequestOutput, None]:
         """Pass one engine request's outputs through, reporting them to the request's record."""

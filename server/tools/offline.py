@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.base_model import describe_base_model
-from adapters.format import read_manifest
 from adapters.registry import registered_methods
+from router.ports import Arrival
 from router.target import BASE_TARGET, RouteTarget
 from server.engine.vllm import check_pinned_version
 from server.engine.vllm import engine as vllm_engine
-from server.engine.adapter_backend import FactorsFolder, load_slot_args, request_routing
+from server.engine.adapter_backend import FactorsFolder, MoveCall, request_routing
 from server.engine.capacity import AdapterCapacity
 from server.settings import export_environment
 
@@ -79,14 +79,15 @@ class OfflineEngine:
         )
 
     def load(self, slot: int, set_dir: Path) -> int:
-        """Bytes the set takes on the most loaded rank."""
-        args = load_slot_args(self._factors, slot, set_dir, read_manifest(set_dir))
-        per_rank = self.llm.collective_rpc("orthoserve_load_slot", args=args)
-        failures = [result["error"] for result in per_rank if "error" in result]
-        if failures:
-            self.unload(slot)
-            raise RuntimeError(f"the engine could not load {set_dir}: {failures[0]}")
-        return max(result["bytes"] for result in per_rank)
+        """Bytes the set takes on the most loaded rank; the same worker call as the server's swap-ins."""
+        call = MoveCall.prepare(self._factors, [], [Arrival(slot, set_dir, from_host=False)])
+        outcome, failed = call.outcome(self.llm.collective_rpc("orthoserve_move", args=call.args))
+        for failed_slot in failed:
+            self.unload(failed_slot)
+        result = outcome.arrived[slot]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def unload(self, slot: int) -> int:
         return max(self.llm.collective_rpc("orthoserve_unload_slot", args=(slot,)))
@@ -105,13 +106,9 @@ class OfflineEngine:
     def generate(self, requests: list[OfflineRequest]) -> list[OfflineResult]:
         prompts, params = [], []
         for request in requests:
-            routing = request_routing(request.target)
-            prompts.append(routing.prompt(request.prompt_token_ids))
-            params.append(
-                vllm_engine.SamplingParams(
-                    max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True, **routing.sampling_fields()
-                )
-            )
+            sampling = vllm_engine.SamplingParams(max_tokens=request.max_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
+            prompts.append(request_routing(request.target).attach({"prompt_token_ids": request.prompt_token_ids}, sampling))
+            params.append(sampling)
         outputs = self.llm.generate(
             prompts, params, lora_request=[r.stock_lora for r in requests], use_tqdm=False
         )

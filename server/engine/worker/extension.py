@@ -55,18 +55,6 @@ def install_adapters(model_runner: object) -> None:
 
 
 class OrthoserveWorkerExtension:
-    def orthoserve_load_slot(self, slot: int, set_dir: str, factors_dir: str | None) -> dict[str, int | str]:
-        """Load one validated adapter-set version under `slot`: `{"bytes": n}` it occupies here, or
-        `{"error": why}`. Failures are returned, not raised: a raising collective call leaves vLLM's
-        tensor-parallel response queues out of step for the next call."""
-        factors = pathlib.Path(factors_dir) if factors_dir else None
-        try:
-            return {"bytes": self._orthoserve_adapters().load(slot, pathlib.Path(set_dir), factors)}
-        except Exception as error:  # noqa: BLE001 - reported to the engine process, which rolls back every rank
-            return {"error": f"{type(error).__name__}: {error}"}
-        finally:
-            release_freed_memory()
-
     def orthoserve_unload_slot(self, slot: int) -> int:
         """Drop `slot`, its host copy, and the base factors no remaining slot needs. Returns the bytes freed."""
         freed = self._orthoserve_adapters().unload(slot)
@@ -79,7 +67,8 @@ class OrthoserveWorkerExtension:
         """Evict `(slot, keep_host_copy)` pairs, then bring in `(slot, set_dir, factors_dir, from_host)`
         arrivals, in one call between engine steps. Returns `{"host_bytes": [n per eviction],
         "arrived": [{"bytes": n} or {"error": why} per arrival]}`; failures are returned, not raised
-        (see load)."""
+        (a raising collective call leaves vLLM's tensor-parallel response queues out of step for the
+        next call)."""
         adapters = self._orthoserve_adapters()
         host_bytes = [adapters.evict(slot, keep) for slot, keep in evictions]
         arrived: list[dict[str, int | str]] = []

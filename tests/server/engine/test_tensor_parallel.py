@@ -16,6 +16,7 @@ from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
 from adapters.lora.config import LoraConfig
 from adapters.reference import reference_greedy
+from router.errors import AdapterEngineLoadFailed
 from router.target import BASE_TARGET, RouteTarget
 from server.engine.capacity import AdapterCapacity
 from server.tools.offline import OfflineEngine, OfflineRequest
@@ -89,7 +90,7 @@ def run(model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path], tensor_
         loaded = [engine.load(slot, set_dirs[name]) for slot, name in enumerate(SETS, start=1)]
         resident = engine.resident_bytes()
         # A set the workers cannot hold (rank 16 > 8) fails inside them and leaves nothing behind on any rank.
-        with pytest.raises(RuntimeError, match="size of tensor"):
+        with pytest.raises(AdapterEngineLoadFailed, match="size of tensor"):
             engine.load(99, set_dirs["lora-rank-16"])
         assert engine.resident_bytes() == resident
         return engine.generate(requests()), loaded, resident
