@@ -8,6 +8,7 @@ any other configuration the same way.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,17 @@ from tiny_model import build_tiny_llama  # noqa: E402
 # Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`), and
 # the session's adapter sets of every kind.
 pytest_plugins = ("tests.router.server_setup", "tests.adapter_fixtures")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_environment() -> Iterator[None]:
+    """Give each test module the environment the previous one started with: an in-process engine
+    exports vLLM's CPU thread settings (`VLLM_CPU_OMP_THREADS_BIND`, ...) into `os.environ`, and every
+    server started later in the session would inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
