@@ -231,7 +231,8 @@ class EngineSlots:
         """The idle versions to evict so `version` fits once `leaving` are gone (least recently used
         first), or None while it cannot fit without waiting."""
         limits = self.limits[version.kind]
-        staying = [v for v in self.in_slots() if v not in leaving]
+        leaving_slots = {v.slot for v in leaving}  # by slot id: versions compare field by field
+        staying = [v for v in self.in_slots() if v.slot not in leaving_slots]
         same_kind = [v for v in staying if v.kind == version.kind]
         slots_short = len(same_kind) + 1 - limits.slots
         rows_short = sum(v.task_rows for v in same_kind) + version.task_rows - limits.task_rows
@@ -241,7 +242,7 @@ class EngineSlots:
         for candidate in self._idle():
             if slots_short <= 0 and rows_short <= 0 and bytes_short <= 0:
                 break
-            if candidate in leaving or (candidate.kind != version.kind and bytes_short <= 0):
+            if candidate.slot in leaving_slots or (candidate.kind != version.kind and bytes_short <= 0):
                 continue  # another method's slot only helps the memory budget
             victims.append(candidate)
             if candidate.kind == version.kind:

@@ -24,7 +24,6 @@ class TaskTag:
     """A parsed `model` field (with the body's `task` merged in): the base model (`set_name` None) or
     an adapter set, with `task` None when not named."""
 
-    model: str
     set_name: str | None
     task: str | None
 
@@ -38,7 +37,7 @@ def parse_tag(model: str, body_task: str | None, base_model_name: str) -> TaskTa
     if model == base_model_name:
         if body_task is not None:
             raise TaskTagInvalid(f"The base model '{model}' has no tasks; drop the body field 'task'.", param="task")
-        return TaskTag(model, None, None)
+        return TaskTag(None, None)
     set_name, separator, tag_task = model.partition(TASK_SEPARATOR)
     if separator and not tag_task:
         raise TaskTagInvalid(f"The model '{model}' ends with '/' but names no task.", param="model")
@@ -50,7 +49,7 @@ def parse_tag(model: str, body_task: str | None, base_model_name: str) -> TaskTa
             f"The model '{model}' names task '{task}' but the body field 'task' is '{body_task}'.",
             param="task",
         )
-    return TaskTag(model, set_name, task or body_task)
+    return TaskTag(set_name, task or body_task)
 
 
 def named_set(model: str, base_model_name: str) -> str | None:

@@ -16,9 +16,9 @@ from adapters.registry import get_method
 from adapters.serving.bank import ProjectionShape
 from adapters.serving.factors import torch_product
 from adapters.serving.grouped import SegmentedKernel
-from server.engine.worker.step_routing import RequestRoute
 from server.engine.worker.adapted_linear import AdaptedLinear, Projection
 from server.engine.worker.residency import WorkerAdapters
+from server.engine.worker.step_routing import RequestRoute
 
 LAYER = 1
 Batch = list[tuple[int | None, int, int]]  # requests in batch order: (slot id or None, task index, tokens this step)

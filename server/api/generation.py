@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 from errors.domain import DomainError
 from errors.envelope import error_event
-from server.engine.worker.step_routing import ROUTING_KEY
-from server.engine.vllm import openai as vllm_openai
 from server.engine.request_scope import RequestScope
 from server.engine.service import EngineService
+from server.engine.vllm import openai as vllm_openai
+from server.engine.worker.step_routing import ROUTING_KEY
 from server.error_handlers import vllm_error_response
 from server.errors import ClientDisconnected, EngineUnavailable, InvalidRequest
 from server.lifecycle import Endpoint

@@ -26,9 +26,9 @@ from adapters.registry import get_method
 from adapters.svd_cache import ensure_base_factors
 from router.errors import AdapterEngineLoadFailed
 from router.ports import Arrival, Eviction, MoveOutcome, SlotLimits
-from server.engine.worker.step_routing import RequestRoute
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
+from server.engine.worker.step_routing import RequestRoute
 
 
 def model_context_length(model_dir: Path) -> int:

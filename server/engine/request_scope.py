@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.resident import Lease
-from server.engine.vllm import engine as vllm_engine
 from server.engine.adapter_backend import EngineRouting
+from server.engine.vllm import engine as vllm_engine
 from server.error_handlers import is_client_error
 from server.errors import ClientDisconnected
 from server.lifecycle import Outcome, RequestLifecycle, RequestRecord

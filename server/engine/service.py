@@ -13,12 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
-from server.engine.vllm import check_pinned_version
-from server.engine.vllm import engine as vllm_engine
-from server.engine.vllm import openai as vllm_openai
 from server.engine.adapter_backend import model_context_length, request_routing
 from server.engine.capacity import AdapterCapacity, capacity_from_settings
 from server.engine.request_scope import RequestScope, RoutedEngineClient, current_tag, outcome_of
+from server.engine.vllm import check_pinned_version
+from server.engine.vllm import engine as vllm_engine
+from server.engine.vllm import openai as vllm_openai
 from server.errors import EngineUnavailable
 from server.lifecycle import Endpoint, RequestLifecycle
 from server.resolution import BaseModelResolver, TargetResolver

@@ -29,8 +29,8 @@ from adapters.initialise import init_adapter_set
 from adapters.lora.config import LoraConfig
 from adapters.serving.bank import cpu_capability
 from router.target import BASE_TARGET, RouteTarget
-from server.engine.vllm import engine as vllm_engine
 from server.engine.capacity import AdapterCapacity
+from server.engine.vllm import engine as vllm_engine
 from server.tools.offline import OfflineEngine, OfflineRequest
 
 Make = Callable[[int, list[int]], OfflineRequest]

@@ -13,10 +13,10 @@ from adapters.base_model import describe_base_model
 from adapters.registry import registered_methods
 from router.ports import Arrival
 from router.target import BASE_TARGET, RouteTarget
-from server.engine.vllm import check_pinned_version
-from server.engine.vllm import engine as vllm_engine
 from server.engine.adapter_backend import FactorsFolder, MoveCall, request_routing
 from server.engine.capacity import AdapterCapacity
+from server.engine.vllm import check_pinned_version
+from server.engine.vllm import engine as vllm_engine
 from server.settings import export_environment
 
 GiB = 1 << 30

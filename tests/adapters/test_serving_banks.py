@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from adapters.badit.math import ability_weights, badit_forward, residual_weight
 from adapters.badit.config import BaditConfig
+from adapters.badit.math import ability_weights, badit_forward, residual_weight
 from adapters.base_model import BaseModelInfo
 from adapters.format import AdapterSet, load_adapter_set
 from adapters.initialise import init_adapter_set

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from adapters.serving.bank import compute_dtype, cpu_multiplies_fast
-from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.engine.capacity import capacity_from_settings
+from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.engine.worker.extension import BANK_DTYPE_KEY
 from server.settings import Settings
 

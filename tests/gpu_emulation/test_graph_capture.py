@@ -21,9 +21,9 @@ from vllm.compilation.backends import split_graph
 from vllm.config import CompilationConfig, CompilationMode, CUDAGraphMode
 
 from adapters.serving.grouped import TORCH_GROUPED_MM
-from server.engine.worker.step_routing import RequestRoute
-from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP, _LAYERS
 from server.engine.capacity import AdapterCapacity
+from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP, _LAYERS
+from server.engine.worker.step_routing import RequestRoute
 
 
 CPU = torch.device("cpu")

@@ -11,12 +11,12 @@ BASE = "org/base-model"  # a served name with a '/' is still the base model, nev
 @pytest.mark.parametrize(
     ("model", "body_task", "expected"),
     [
-        ("mtl", None, TaskTag("mtl", "mtl", None)),
-        ("mtl/boolq", None, TaskTag("mtl/boolq", "mtl", "boolq")),
-        ("mtl", "boolq", TaskTag("mtl", "mtl", "boolq")),
-        ("mtl/boolq", "boolq", TaskTag("mtl/boolq", "mtl", "boolq")),
-        ("mtl/a/b", None, TaskTag("mtl/a/b", "mtl", "a/b")),
-        (BASE, None, TaskTag(BASE, None, None)),
+        ("mtl", None, TaskTag("mtl", None)),
+        ("mtl/boolq", None, TaskTag("mtl", "boolq")),
+        ("mtl", "boolq", TaskTag("mtl", "boolq")),
+        ("mtl/boolq", "boolq", TaskTag("mtl", "boolq")),
+        ("mtl/a/b", None, TaskTag("mtl", "a/b")),
+        (BASE, None, TaskTag(None, None)),
     ],
 )
 def test_parse_tag_accepts(model, body_task, expected):

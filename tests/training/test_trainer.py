@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from adapters.badit.dog import balanced_assignment, regroup_permutation
 from adapters.base_model import describe_base_model
 from adapters.format import load_adapter_set
 from adapters.reference import ReferenceModel, RowRoute
 from adapters.svd_cache import base_factors
 from adapters.training.batches import collate, encode
-from adapters.badit.dog import balanced_assignment, regroup_permutation
 from adapters.training.examples import Example, TrainingInputError
 from adapters.training.model import build_trainable_model
 from tests.training.conftest import WORDS, train_toy

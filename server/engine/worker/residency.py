@@ -28,8 +28,8 @@ from adapters.serving.factors import ProductFactory, SharedFactors
 from adapters.serving.grouped import SegmentedKernel, default_kernel
 from adapters.serving.host_copy import SlotCopy, restore_slot, save_slot
 from adapters.svd_cache import BaseFactors
-from server.engine.worker.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
 from server.engine.worker.adapted_linear import AdaptedLinear, Projection
+from server.engine.worker.step_routing import RequestRoute, ResidentEntry, StepBuffers, StepRouting, build_host_rows
 
 
 class CapacityExceeded(RuntimeError):

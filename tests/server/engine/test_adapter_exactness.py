@@ -20,8 +20,8 @@ from adapters.base_model import describe_base_model
 from adapters.initialise import init_adapter_set
 from adapters.reference import ReferenceModel, RowRoute, reference_greedy
 from router.target import BASE_TARGET, RouteTarget
-from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.engine.capacity import AdapterCapacity
+from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.tools.offline import OfflineEngine, OfflineRequest
 
 MAX_TOKENS = 8
