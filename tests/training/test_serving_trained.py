@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from openai import OpenAI
 from transformers import AutoTokenizer
@@ -14,7 +15,7 @@ from adapters.evaluation.http_client import score_over_http
 from adapters.evaluation.reference_scoring import score_with_reference
 from adapters.reference import ReferenceModel, RowRoute, reference_greedy
 from adapters.training.csr import CsrItem
-from tests.server_process import TINY_MODEL_NAME, RunningServer, start_server
+from tests.server_process import RunningServer
 from tests.training.conftest import WORDS, train_toy
 
 PROMPTS = ["Is river listed?\nAnswer:", "The capital of France is", "Is table listed?\nAnswer: no. Is"]
@@ -22,23 +23,26 @@ MAX_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def trained_sets(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, test_svd_cache: Path) -> dict[str, Path]:
-    """kind → a set trained on the toy tasks, named trained-<kind>."""
-    root = tmp_path_factory.mktemp("trained-sets")
+def trained_sets(adapter_root: Path, tiny_model_dir: Path, test_svd_cache: Path) -> dict[str, Path]:
+    """kind → a set trained on the toy tasks, named trained-<kind>, under the shared server's adapter root."""
     sets = {}
     for kind in ("moore", "badit", "lora"):
-        sets[kind] = root / f"trained-{kind}"
+        sets[kind] = adapter_root / f"trained-{kind}"
         train_toy(kind, tiny_model_dir, sets[kind], test_svd_cache, epochs=6, loss="completion")
     return sets
 
 
 @pytest.fixture(scope="module")
-def fp32_server(trained_sets: dict[str, Path], tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One fp32 server for this module (the reference is fp32) serving the trained sets from its start."""
-    log_path = tmp_path_factory.mktemp("trained-server-log") / "server.log"
-    extra = ["--dtype", "float32", "--adapter-sets", str(trained_sets["moore"].parent)]
-    with start_server(tiny_model_dir, TINY_MODEL_NAME, log_path, extra) as running:
-        yield running
+def fp32_server(server: RunningServer, trained_sets: dict[str, Path]) -> Iterator[RunningServer]:
+    """The shared fp32 server (the reference is fp32), with the trained sets loaded through the admin API."""
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=300) as admin:
+        for path in trained_sets.values():
+            loaded = admin.post("/v1/adapter-sets", json={"name": path.name, "path": str(path)})
+            assert loaded.status_code == 201, loaded.text
+        yield server
+        for path in trained_sets.values():
+            admin.delete(f"/v1/adapter-sets/{path.name}", params={"wait": True})
 
 
 @pytest.mark.parametrize("kind", ["moore", "badit", "lora"])
