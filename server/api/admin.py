@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.resident import ResidentVersion
-from server.deps import RegistryDep
+from server.deps import EngineDep, RegistryDep
 
 router = APIRouter(prefix="/v1/adapter-sets", tags=["admin"])
 _bearer = HTTPBearer(auto_error=False)
@@ -85,6 +85,10 @@ class AdapterSetList(BaseModel):
     used_bytes: int = Field(description="Engine bytes of the sets in slots.")
     budget_bytes: int | None
     host_bytes: int = Field(description="Bytes of the host copies of evicted sets.")
+    engine_bytes_per_rank: list[dict[str, int]] = Field(
+        description="What each tensor-parallel rank's worker holds, in bytes: `slots` (sets in engine slots), "
+        "`host_copies`, `capacity` (the method banks) and `base_factors` (the shared SVD factors)."
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -93,12 +97,13 @@ async def load_adapter_set(body: LoadAdapterSetRequest, registry: RegistryDep) -
 
 
 @router.get("")
-async def list_adapter_sets(registry: RegistryDep) -> AdapterSetList:
+async def list_adapter_sets(registry: RegistryDep, engine: EngineDep) -> AdapterSetList:
     return AdapterSetList(
         data=[AdapterSetInfo.of(entry) for entry in registry.resident()],
         used_bytes=registry.used_bytes,
         budget_bytes=registry.memory_budget,
         host_bytes=registry.slots.host_bytes,
+        engine_bytes_per_rank=await engine.resident_bytes_per_rank(),
     )
 
 

@@ -129,9 +129,6 @@ class AdapterEngineBackend:
     async def unload(self, slot: int) -> int:
         return max(await self._engine.collective_rpc("orthoserve_unload_slot", args=(slot,)))
 
-    async def resident_bytes(self) -> dict[str, int]:
-        return (await self._engine.collective_rpc("orthoserve_resident_bytes"))[0]
-
 
 @dataclass(frozen=True)
 class EngineRouting:

@@ -116,6 +116,14 @@ class EngineService:
         except vllm_engine.EngineDeadError as exc:
             raise EngineUnavailable() from exc
 
+    async def resident_bytes_per_rank(self) -> list[dict[str, int]]:
+        """What each tensor-parallel rank's worker holds, in bytes: sets in slots, host copies, the
+        method banks' capacity and the shared base factors."""
+        try:
+            return await self.engine.collective_rpc("orthoserve_resident_bytes")
+        except vllm_engine.EngineDeadError as exc:
+            raise EngineUnavailable() from exc
+
     # --- requests --------------------------------------------------------------------------------
 
     async def open_request(self, endpoint: Endpoint, model: str | None, task: str | None, stream: bool) -> RequestScope:
