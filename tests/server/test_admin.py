@@ -51,7 +51,10 @@ def test_load_serve_list_unload(server, admin, write_set):
     entry = next(item for item in listing["data"] if item["name"] == "basic")
     assert entry["version"] == info["version"] and listing["used_bytes"] >= info["bytes"]
     assert listing["budget_bytes"] == ADAPTER_MEMORY_BUDGET
+    (rank,) = listing["engine_bytes_per_rank"]  # one rank: no tensor parallelism
+    assert rank["slots"] == listing["used_bytes"] and rank["base_factors"] > 0 and rank["capacity"] > 0
     unloaded = admin.unload("basic")
+    assert admin.listing()["engine_bytes_per_rank"][0]["slots"] == rank["slots"] - info["bytes"]
     assert unloaded["name"] == "basic"
     assert all(item["name"] != "basic" for item in admin.listing()["data"])
     assert_error(complete(server, "basic/boolq"), 404, "model_not_found")
