@@ -1,6 +1,7 @@
 """Print the markdown tables of docs/quality.md from the per-item JSONL of scripts/quality_eval.sh.
 
-Usage: python scripts/quality_table.py RESULTS_DIR    (eval-<row>.jsonl and fidelity-<row>.jsonl)
+Usage: python scripts/quality_table.py RESULTS_DIR [ROW,ROW,...]    (eval-<row>.jsonl and fidelity-<row>.jsonl)
+Rows are cut to the items every row has (the first N of each task); name rows to leave the others out.
 Every number is recomputed from the per-item lines: accuracy with its 95 % Wilson interval, majority
 and chance baselines, differences against the base with paired-bootstrap 95 % intervals (seed 0),
 the share of the most frequent prediction, missing answers, and served-vs-reference fidelity.
@@ -115,12 +116,12 @@ def prediction_shares(data: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
-def fidelity_table(results: Path) -> str:
+def fidelity_table(results: Path, rows: set[str]) -> str:
     lines = ["| row | items | log-likelihoods | missing | max abs diff | mean abs diff | same cloze answer | same letter answer |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row, label in ROWS:
         path = results / f"fidelity-{row}.jsonl"
-        if not path.is_file():
+        if row not in rows or not path.is_file():
             continue
         records = [json.loads(line) for line in path.read_text().splitlines()]
         s = fidelity_summary(records)
@@ -133,8 +134,12 @@ def fidelity_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-def main(results: Path) -> None:
-    data = {row: load(results / f"eval-{row}.jsonl") for row, _ in ROWS if (results / f"eval-{row}.jsonl").is_file()}
+def main(results: Path, rows: set[str]) -> None:
+    data = {
+        row: load(results / f"eval-{row}.jsonl")
+        for row, _ in ROWS
+        if (results / f"eval-{row}.jsonl").is_file() and (not rows or row in rows)
+    }
     if "base" not in data:
         raise SystemExit(f"{results}/eval-base.jsonl is missing")
     data = common_items(data)
@@ -145,8 +150,8 @@ def main(results: Path) -> None:
     ):
         print(f"### Accuracy, {title}\n\n{accuracy_table(data, column)}\n\n{differences(data, column)}\n")
     print(f"### Share of the most frequent prediction (cloze / letter), percent\n\n{prediction_shares(data)}\n")
-    print(f"### Fidelity: served against reference log-likelihoods\n\n{fidelity_table(results)}")
+    print(f"### Fidelity: served against reference log-likelihoods\n\n{fidelity_table(results, set(data))}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), set(sys.argv[2].split(",")) if len(sys.argv) > 2 else set())
