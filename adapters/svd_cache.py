@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -137,16 +138,27 @@ def base_factors(base: BaseModelInfo, cache_dir: Path | str | None = None, *, pr
 
 
 def ensure_base_factors(base: BaseModelInfo, cache_dir: Path | str | None = None, *, progress: bool = True) -> Path:
-    """Folder holding the verified factors of `base` under `cache_dir` (computed if absent or corrupt)."""
+    """Folder holding the verified factors of `base` under `cache_dir` (computed if absent or corrupt).
+
+    Replicas and TP ranks often share one cache folder: a lock file per fingerprint makes one process
+    compute while the others wait and then reuse its result."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = cache_dir / base.fingerprint
-    if folder.exists():
-        problem = cache_problem(folder, base)
-        if problem is None:
-            return folder
-        _log.warning("Recomputing the SVD cache in %s: %s", folder, problem)
+    if folder.exists() and cache_problem(folder, base) is None:
+        return folder
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{base.fingerprint}.", dir=cache_dir))
+    with FileLock(cache_dir / f".{base.fingerprint}.lock"):
+        if folder.exists():
+            problem = cache_problem(folder, base)
+            if problem is None:
+                return folder
+            _log.warning("Recomputing the SVD cache in %s: %s", folder, problem)
+        _compute_and_publish(folder, base, progress)
+    return folder
+
+
+def _compute_and_publish(folder: Path, base: BaseModelInfo, progress: bool) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{base.fingerprint}.", dir=folder.parent))
     try:
         _compute_into(staging, base, progress)
         if folder.exists():
@@ -155,7 +167,6 @@ def ensure_base_factors(base: BaseModelInfo, cache_dir: Path | str | None = None
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return folder
 
 
 def cache_problem(folder: Path, base: BaseModelInfo) -> str | None:

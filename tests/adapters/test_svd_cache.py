@@ -1,8 +1,12 @@
+import threading
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from adapters.base_model import BaseModelInfo
+from adapters import svd_cache
 from adapters.svd_cache import FACTORS_FILE, META_FILE, SVD_ROUTINE, base_factors, ensure_base_factors
 
 
@@ -34,4 +38,35 @@ def test_cache_is_reused_verified_and_recomputed_when_corrupt(base: BaseModelInf
     factors = base_factors(base, tmp_path, progress=False)
     assert base.fingerprint in (folder / META_FILE).read_text()
     torch.testing.assert_close(factors.get(0, "q_proj").reconstruct(), base.read_weight(0, "q_proj"), atol=1e-5, rtol=0)
-    assert [p.name for p in tmp_path.iterdir()] == [base.fingerprint]
+    assert {p.name for p in tmp_path.iterdir()} <= {base.fingerprint, f".{base.fingerprint}.lock"}  # no staging left
+
+
+def test_concurrent_callers_on_one_cache_compute_once_and_share_it(
+    base: BaseModelInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas starting together on one cache folder: one computes, the other waits and reuses it."""
+    compute = svd_cache._compute_into
+    computed: list[Path] = []
+
+    def slow_compute(folder: Path, base: BaseModelInfo, progress: bool) -> None:
+        computed.append(folder)
+        time.sleep(0.5)  # both callers are inside ensure_base_factors while the first computes
+        compute(folder, base, progress)
+
+    monkeypatch.setattr(svd_cache, "_compute_into", slow_compute)
+    results: list[Path | BaseException] = []
+
+    def call() -> None:
+        try:
+            results.append(ensure_base_factors(base, tmp_path, progress=False))
+        except BaseException as error:  # noqa: BLE001 - the test reports it
+            results.append(error)
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert results == [tmp_path / base.fingerprint] * 3
+    assert len(computed) == 1
+    assert svd_cache.cache_problem(tmp_path / base.fingerprint, base) is None
