@@ -95,16 +95,22 @@ def serve(
     settings = _settings(**{name: value for name, value in locals().items() if name != "capacity"}, **capacity)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
-    from server.app import create_app
     from server.default_model import ensure_default_model
-    from server.engine.service import EngineService
-    from server.engine_watch import ENGINE_DEAD_EXIT_CODE
-    from server.listeners import serve as serve_app
     from server.startup import StartupError, resolve_serving_settings
 
     try:
         model_dir = (settings.model or ensure_default_model(settings)).resolve()
         settings = resolve_serving_settings(settings, model_dir)
+    except (StartupError, OSError) as exc:
+        _fail(str(exc))
+
+    # vLLM is imported only once the configuration is known to be good: a bad one fails in seconds.
+    from server.app import create_app
+    from server.engine.service import EngineService
+    from server.engine_watch import ENGINE_DEAD_EXIT_CODE
+    from server.listeners import serve as serve_app
+
+    try:
         server_app = create_app(settings, EngineService(settings, model_dir))
         started = serve_app(server_app, settings)
     except (StartupError, OSError) as exc:
@@ -134,7 +140,7 @@ def bench_http(
 ) -> None:
     """Streaming throughput and time to first token over HTTP: orthoserve against vLLM's own OpenAI server."""
     from server.default_model import ensure_default_model
-    from server.engine.adapter_backend import model_context_length
+    from server.startup import model_context_length
     from server.tools.http_bench import HttpBenchConfig, render_table, run_http_bench, write_json
 
     model_dir = (model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve()
@@ -166,7 +172,7 @@ def bench_many_sets(
 ) -> None:
     """More registered sets than engine slots: base, uniform and Zipf workloads over HTTP, with swap-ins."""
     from server.default_model import ensure_default_model
-    from server.engine.adapter_backend import model_context_length
+    from server.startup import model_context_length
     from server.tools.http_bench import HttpBenchConfig
     from server.tools.many_sets_bench import ManySetsConfig, render_table, run_many_sets_bench, write_json
 

@@ -12,10 +12,15 @@ from pathlib import Path
 
 from adapters.base_model import describe_base_model
 from adapters.errors import BaseModelInvalid
-from server.engine.adapter_backend import model_context_length
 from server.settings import Settings
 
 DEFAULT_MAX_MODEL_LEN = 2048
+
+
+def model_context_length(model_dir: Path) -> int:
+    """The context length a model folder declares (what vLLM uses when no max model length is set)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(config["max_position_embeddings"])
 
 
 class StartupError(Exception):

@@ -15,7 +15,6 @@ prefix of its own prompt) would be routed differently.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,12 +28,6 @@ from router.ports import Arrival, Eviction, MoveOutcome, SlotLimits
 from router.target import RouteTarget
 from server.engine.capacity import AdapterCapacity
 from server.engine.worker.step_routing import RequestRoute
-
-
-def model_context_length(model_dir: Path) -> int:
-    """The context length a model folder declares (what vLLM uses when no max model length is set)."""
-    config = json.loads((model_dir / "config.json").read_text())
-    return int(config["max_position_embeddings"])
 
 
 class FactorsFolder:

@@ -13,7 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from server.engine.adapter_backend import model_context_length, request_routing
+from server.engine.adapter_backend import request_routing
+from server.startup import model_context_length
 from server.engine.capacity import AdapterCapacity, capacity_from_settings
 from server.engine.request_scope import RequestScope, RoutedEngineClient, current_tag, outcome_of
 from server.engine.vllm import check_pinned_version

@@ -1,4 +1,5 @@
-"""Start-up problems end with one clear line on stderr and a non-zero exit, never a traceback."""
+"""Start-up problems end with one clear line on stderr and a non-zero exit, never a traceback, and before
+vLLM is imported (a bad configuration fails in seconds, not after the engine's imports)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,4 @@ def test_bad_start_up_is_one_line_and_a_non_zero_exit(case: str, tiny_model_dir:
     errors = [line for line in result.stderr.splitlines() if line.startswith("orthoserve: error: ")]
     assert len(errors) == 1, result.stderr
     assert named in errors[0], result.stderr
+    assert "vllm" not in result.stderr.lower(), result.stderr  # vLLM logs as soon as it is imported
