@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,14 +21,9 @@ from tests.training.conftest import WORDS, train_toy
 PROMPTS = ["Is stone listed?\nAnswer:", "The capital of France is"]
 
 
-@pytest.fixture(scope="module")
-def svd_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("svd")
-
-
 @pytest.mark.parametrize("kind", ["moore", "badit", "lora"])
-def test_training_lowers_the_loss_and_writes_the_set_it_trained(kind, tiny_model_dir, svd_cache, tmp_path):
-    result = train_toy(kind, tiny_model_dir, tmp_path / kind, svd_cache, epochs=6, loss="completion")
+def test_training_lowers_the_loss_and_writes_the_set_it_trained(kind, tiny_model_dir, svd_cache_dir, tmp_path):
+    result = train_toy(kind, tiny_model_dir, tmp_path / kind, svd_cache_dir, epochs=6, loss="completion")
     assert result.steps == 24 and len(result.losses) == 24
     first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
     assert last < 0.8 * first, result.losses
@@ -41,7 +35,7 @@ def test_training_lowers_the_loss_and_writes_the_set_it_trained(kind, tiny_model
     # The saved set, run by the reference, answers as the model that was trained: same tokens for the
     # task the training examples were tagged with, and an adapted model visibly different from the base.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    reference = ReferenceModel.from_pretrained(tiny_model_dir, {"trained": trained}, svd_cache)
+    reference = ReferenceModel.from_pretrained(tiny_model_dir, {"trained": trained}, svd_cache_dir)
     ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
     tasks = ["same", "flip"] if kind == "moore" else [None, None]
     for prompt, task in zip(ids, tasks):
@@ -61,12 +55,12 @@ def test_training_lowers_the_loss_and_writes_the_set_it_trained(kind, tiny_model
 
 
 @pytest.mark.parametrize("kind", ["moore", "badit", "lora"])
-def test_trainer_layers_compute_what_the_reference_computes(kind, tiny_model_dir, svd_cache, tmp_path):
+def test_trainer_layers_compute_what_the_reference_computes(kind, tiny_model_dir, svd_cache_dir, tmp_path):
     """The trainer's batched layers (a batch mixing tasks, right padding) equal the per-row reference on the exported set."""
-    trained = train_toy(kind, tiny_model_dir, tmp_path / kind, svd_cache, epochs=1).adapter_set
+    trained = train_toy(kind, tiny_model_dir, tmp_path / kind, svd_cache_dir, epochs=1).adapter_set
     base = describe_base_model(tiny_model_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
-    factors = base_factors(base, svd_cache) if kind != "lora" else None
+    factors = base_factors(base, svd_cache_dir) if kind != "lora" else None
     trainable = build_trainable_model(model, base, kind, trained.config, list(trained.target_modules), list(trained.tasks), factors, seed=0)
     with torch.no_grad():
         for name, value in trained.tensors.items():
@@ -78,7 +72,7 @@ def test_trainer_layers_compute_what_the_reference_computes(kind, tiny_model_dir
     trainable.context.task_ids, trainable.context.token_mask = batch.task_ids, batch.attention_mask.bool()
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # (2, T, vocab)
-    reference = ReferenceModel.from_pretrained(tiny_model_dir, {"s": trained}, svd_cache)
+    reference = ReferenceModel.from_pretrained(tiny_model_dir, {"s": trained}, svd_cache_dir)
     for row, example in enumerate(examples):
         length = int(batch.attention_mask[row].sum())
         route = RowRoute("s", example.task if kind == "moore" else None)
@@ -86,24 +80,24 @@ def test_trainer_layers_compute_what_the_reference_computes(kind, tiny_model_dir
         torch.testing.assert_close(logits[row, :length], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_resume_continues_to_the_same_set(tiny_model_dir, svd_cache, tmp_path):
-    whole = train_toy("moore", tiny_model_dir, tmp_path / "whole", svd_cache)
-    checkpointed = train_toy("moore", tiny_model_dir, tmp_path / "ckpt", svd_cache, run_options=dict(checkpoint_every=5, keep_checkpoints=2))
+def test_resume_continues_to_the_same_set(tiny_model_dir, svd_cache_dir, tmp_path):
+    whole = train_toy("moore", tiny_model_dir, tmp_path / "whole", svd_cache_dir)
+    checkpointed = train_toy("moore", tiny_model_dir, tmp_path / "ckpt", svd_cache_dir, run_options=dict(checkpoint_every=5, keep_checkpoints=2))
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt.checkpoints").iterdir())
     assert checkpoints == ["step-10.pt", "step-5.pt"]
     (tmp_path / "ckpt.checkpoints" / "step-10.pt").unlink()  # interrupted after step 5 … 9
     shutil.rmtree(tmp_path / "ckpt")
-    resumed = train_toy("moore", tiny_model_dir, tmp_path / "ckpt", svd_cache, resume=True, run_options=dict(checkpoint_every=5))
+    resumed = train_toy("moore", tiny_model_dir, tmp_path / "ckpt", svd_cache_dir, resume=True, run_options=dict(checkpoint_every=5))
     assert resumed.resumed_from == 5 and resumed.steps == 12
     assert resumed.losses == whole.losses == checkpointed.losses
     for name, tensor in whole.adapter_set.tensors.items():
         assert torch.equal(resumed.adapter_set.tensors[name], tensor), name
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(tiny_model_dir, svd_cache, tmp_path):
-    train_toy("lora", tiny_model_dir, tmp_path / "run", svd_cache, epochs=1, run_options=dict(checkpoint_every=2))
+def test_resume_refuses_a_checkpoint_of_another_run(tiny_model_dir, svd_cache_dir, tmp_path):
+    train_toy("lora", tiny_model_dir, tmp_path / "run", svd_cache_dir, epochs=1, run_options=dict(checkpoint_every=2))
     with pytest.raises(TrainingInputError, match="different run.*settings"):
-        train_toy("lora", tiny_model_dir, tmp_path / "run", svd_cache, epochs=1, learning_rate=1e-3, resume=True)
+        train_toy("lora", tiny_model_dir, tmp_path / "run", svd_cache_dir, epochs=1, learning_rate=1e-3, resume=True)
 
 
 def test_dog_groups_components_by_gradient_direction():
@@ -119,12 +113,12 @@ def test_dog_groups_components_by_gradient_direction():
     assert balanced_assignment(torch.ones(4, 2), 2).bincount().tolist() == [2, 2]
 
 
-def test_badit_with_dog_and_top_k_routing_trains(tiny_model_dir, svd_cache, tmp_path):
+def test_badit_with_dog_and_top_k_routing_trains(tiny_model_dir, svd_cache_dir, tmp_path):
     result = train_toy(
-        "badit", tiny_model_dir, tmp_path / "dog", svd_cache, epochs=4, dog=True, run_options=dict(method_params={"route_top_k": 2})
+        "badit", tiny_model_dir, tmp_path / "dog", svd_cache_dir, epochs=4, dog=True, run_options=dict(method_params={"route_top_k": 2})
     )
     assert result.adapter_set.config.route_top_k == 2
     assert sum(result.losses[-3:]) < sum(result.losses[:3])
-    initial = train_toy("badit", tiny_model_dir, tmp_path / "no-dog", svd_cache, epochs=4, dog=False,
+    initial = train_toy("badit", tiny_model_dir, tmp_path / "no-dog", svd_cache_dir, epochs=4, dog=False,
                         run_options=dict(method_params={"route_top_k": 2}))  # fmt: skip
     assert result.losses[:3] == initial.losses[:3] and result.losses != initial.losses  # regrouped after epoch 1 and 2

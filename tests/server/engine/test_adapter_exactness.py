@@ -42,11 +42,6 @@ PROMPTS = [[5, 17, 33, 40, 2, 9], [100, 7, 64, 3], [11, 12, 13, 14, 15, 16, 17, 
 
 
 @pytest.fixture(scope="module")
-def svd_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("svd")
-
-
-@pytest.fixture(scope="module")
 def set_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd_cache_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sets")
     base = describe_base_model(tiny_model_dir)
