@@ -274,8 +274,11 @@ async def test_bad_contents_found_while_the_engine_loads_leave_no_state(parts):
     registry = AdapterRegistry(backend, validator, BASE, roots=AdapterRoots([tmp_path]), observer=events)
     backend.gate = asyncio.Event()
     loading = asyncio.ensure_future(registry.load("bad", "corrupt"))
-    await asyncio.sleep(0.05)
-    assert validator.contents_checked == ["corrupt"]  # checked while the engine still loads
+    for _ in range(1000):  # the check runs in a thread: give it time on a loaded machine
+        if validator.contents_checked:
+            break
+        await asyncio.sleep(0.01)
+    assert validator.contents_checked == ["corrupt"]  # checked while the engine still loads (gated)
     backend.gate.set()
     with pytest.raises(CorruptSet):
         await loading
