@@ -61,12 +61,6 @@ def server(
         yield running
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked `first` run before the others, in collection order otherwise: with the suite on
-    several workers (`make test`), the longest modules then do not finish alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("first") is None)
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Attach the tail of the server log to every failing test that used a server."""
