@@ -29,8 +29,7 @@ class StartupError(Exception):
 
 def resolve_serving_settings(settings: Settings, model_dir: Path) -> Settings:
     """`settings` with the context length settled, after checking the model and the start-up sets."""
-    _check_model(model_dir)
-    context = model_context_length(model_dir)
+    context = _check_model(model_dir)
     max_model_len = settings.max_model_len
     if max_model_len is None:
         max_model_len = min(DEFAULT_MAX_MODEL_LEN, context)
@@ -48,7 +47,8 @@ def resolve_serving_settings(settings: Settings, model_dir: Path) -> Settings:
     return settings.model_copy(update={"max_model_len": max_model_len})
 
 
-def _check_model(model_dir: Path) -> None:
+def _check_model(model_dir: Path) -> int:
+    """The model's context length, once the folder is known to be a servable model."""
     if not model_dir.is_dir():
         raise StartupError(f"--model {model_dir}: no such directory.")
     try:
@@ -65,6 +65,7 @@ def _check_model(model_dir: Path) -> None:
         raise StartupError(f"--model {model_dir}: {exc.message}") from None
     except (OSError, ValueError, KeyError) as exc:
         raise StartupError(f"--model {model_dir}: the model cannot be read: {exc!r}") from None
+    return int(config["max_position_embeddings"])
 
 
 def _check_adapter_sets_dir(adapter_sets: Path | None) -> None:
