@@ -61,6 +61,30 @@ def server(
         yield running
 
 
+SHARED_SERVER_GROUP = "shared-server"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the `xdist_group` marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Schedule the suite for several pytest-xdist workers (`make test`, `--dist loadgroup`).
+
+    - Every module that uses the shared `server` runs on one worker, in collection order, so that the
+      server sees the same sequence of tests as in a serial run. Any other module is its own group:
+      its module-scoped engine starts once.
+    - That group and the modules marked `first` (each runs for minutes) start before the others, so
+      the longest work does not finish alone at the end.
+    """
+
+    def module_of(item: pytest.Item) -> str:
+        return item.nodeid.partition("::")[0]
+
+    on_shared_server = {module_of(item) for item in items if "server" in getattr(item, "fixturenames", ())}
+    for item in items:
+        module = module_of(item)
+        item.add_marker(pytest.mark.xdist_group(SHARED_SERVER_GROUP if module in on_shared_server else module))
+    items.sort(key=lambda item: not (module_of(item) in on_shared_server or item.get_closest_marker("first")))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Attach the tail of the server log to every failing test that used a server."""

@@ -35,6 +35,7 @@ serve = pytest.importorskip("ray.serve")
 MIN_AVAILABLE_BYTES = 10 * 1024**3
 
 pytestmark = [
+    pytest.mark.first,
     pytest.mark.timeout(1800),
     pytest.mark.skipif(
         psutil.virtual_memory().available < MIN_AVAILABLE_BYTES,

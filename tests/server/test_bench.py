@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from server.cli import app
+
+pytestmark = pytest.mark.first
 
 
 def test_bench_reports_every_scenario_and_ratio(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from server_process import REPO_ROOT, start_server
 from server.default_model import MODEL_NAME, default_model_dir, ensure_default_model, is_converted
 from server.settings import Settings
 
+pytestmark = pytest.mark.first
+
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

@@ -24,6 +24,8 @@ from server.engine.capacity import AdapterCapacity
 from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.tools.offline import OfflineEngine, OfflineRequest
 
+pytestmark = pytest.mark.first
+
 MAX_TOKENS = 8
 LOGPROB_TOLERANCE = 1e-4
 ENGINE_DTYPES = os.environ.get("ORTHOSERVE_EXACTNESS_DTYPES", "float32").split(",")

@@ -39,6 +39,8 @@ VERSION_HEADER = "x-orthoserve-adapter-set"
 PROMPT = "The capital of France is"
 LORA_SLOTS = 2  # fewer LoRA slots than the sets the eviction test registers
 MAX_LORA_RANK = 8
+pytestmark = pytest.mark.first
+
 MAX_TOKENS = 6
 # name → (kind, tasks, target modules, config)
 SETS = {
