@@ -23,7 +23,7 @@ prepare-model: setup
 # pytest exits 5 when it collects no tests: that is a failure too, like any other non-zero code.
 # The image check runs after pytest whatever pytest's result; either failing fails the target.
 test: setup-dev
-	@status=0; $(VENV)/bin/python -m pytest tests/ -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=20 $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(VENV)/bin/python -m pytest tests/ -n $(TEST_WORKERS) --no-loadscope-reorder --durations=20 $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	$(MAKE) --no-print-directory image-check || { [ $$status -ne 0 ] || status=1; }; \
 	exit $$status

@@ -24,10 +24,13 @@ def complete(base_url: str, model: str, *, max_tokens: int = 8, prompt: str = PR
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05, state: Callable[[], object] = lambda: None
+) -> None:
+    """Wait for `condition`; on timeout, fail with what `state` returns then."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        assert time.monotonic() < deadline, f"condition not reached in time; state: {state()}"
         time.sleep(interval)
 
 
@@ -116,7 +119,7 @@ def _unload_during_requests(server, admin, name: str, max_tokens: int) -> bool:
     def in_flight() -> int:
         return sum(item["in_flight"] for item in admin.listing()["data"] if item["name"] == name)
 
-    wait_until(lambda: in_flight() > 0, interval=0.002)
+    wait_until(lambda: in_flight() > 0, interval=0.005, state=lambda: admin.listing()["data"])
     draining = admin.unload(name, wait=False)
     refused = complete(server.base_url, model)
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
