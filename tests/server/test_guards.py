@@ -1,22 +1,27 @@
 """Request guards on the real server: body limit, admission control, deadlines, disconnects, probes,
-the admin API on its own port with a token file, and the default context length.
+the admin API on its own port with a token file, the default context length, and a dead engine.
 
-One server for the module, on a tiny model whose context (1536) is shorter than the default 2048.
+One server for the module, on a tiny model whose context (1536) is shorter than the default 2048. The
+module's last test kills its engine.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from adapters.base_model import describe_base_model
+from server.engine_watch import ENGINE_DEAD_EXIT_CODE
 from tests.router.adapter_sets import make_set
 from tests.server_process import RunningServer, free_port, start_server
 from tests.tiny_model import build_tiny_llama
@@ -29,6 +34,7 @@ MAX_QUEUED_PER_SET = 3
 TOKEN = "token-from-a-file"
 SET = "guarded-set"
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 14  # about 300 tokens
+EXIT_AFTER_ENGINE_DEATH_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, test_svd_cache: Path) -> I
         "--admin-token-file", str(token_file),
         "--admin-port", str(admin_port),
         "--adapter-sets", str(startup_sets_dir),
+        "--engine-death-exit-seconds", str(EXIT_AFTER_ENGINE_DEATH_S),
     ]  # fmt: skip
     with start_server(model_dir, MODEL, work / "server.log", extra, max_model_len=None) as server:
         yield server, f"http://127.0.0.1:{admin_port}"
@@ -228,3 +235,78 @@ def test_admin_api_is_on_its_own_port_with_the_token_from_the_file(guarded):
     assert set(admin_paths) == admin_routes  # vLLM's adapter endpoints are admin operations too
     # The admin listener serves nothing else.
     assert httpx.post(f"{admin}/v1/completions", json=completion(server)).status_code == 404
+
+
+# Long enough (ignoring EOS; seconds of work) that no stream finishes between its first token and the
+# engine being frozen.
+UNTIL_THE_CONTEXT_ENDS = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": CONTEXT - 16, "ignore_eos": True}
+
+
+def _stream_until_the_context_ends(base_url: str, started: threading.Event) -> list[str]:
+    events = []
+    body = {**UNTIL_THE_CONTEXT_ENDS, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+                started.set()
+    return events
+
+
+def _until_the_context_ends(base_url: str) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/completions", json=UNTIL_THE_CONTEXT_ENDS, timeout=60)
+
+
+def _requests_in_flight(server: RunningServer) -> float:
+    return metric(server, "/metrics", "orthoserve_requests_running") + metric(server, "/metrics", "orthoserve_requests_waiting")
+
+
+def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guarded):
+    """Last in the module: the engine-core process is killed under load, as an OOM kill would.
+
+    /health and /ready turn 503 at once, in-flight requests (streamed or not) end with 503 / an error
+    event, new requests get 503, and the server exits with its engine-death status within 30 s.
+    """
+    server, _ = guarded
+    engine_cores = [child for child in psutil.Process(server.process.pid).children() if "EngineCore" in child.name()]
+    assert len(engine_cores) == 1, [child.name() for child in psutil.Process(server.process.pid).children()]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        started = [threading.Event() for _ in range(2)]
+        streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
+        assert all(event.wait(60) for event in started), "the streams never started"
+        # Freeze the engine mid-stream, so that no request can finish before the kill however slow
+        # this machine is, and let two plain requests queue up behind it.
+        engine_cores[0].suspend()
+        plains = [pool.submit(_until_the_context_ends, server.base_url) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while _requests_in_flight(server) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _requests_in_flight(server) == 4
+        engine_cores[0].kill()
+        killed_at = time.monotonic()
+
+        health = None
+        while time.monotonic() - killed_at < 3:
+            health = httpx.get(f"{server.base_url}/health", timeout=5)
+            if health.status_code == 503:
+                break
+            time.sleep(0.05)
+        assert health is not None and health.status_code == 503, health and health.text
+        assert health.json()["error"]["code"] == "engine_unavailable"
+        assert httpx.get(f"{server.base_url}/ready", timeout=5).status_code == 503
+
+        assert_envelope(_until_the_context_ends(server.base_url), 503, "engine_unavailable")
+
+        # Never a hang and never a cut-short success: every request in flight ends with 503
+        # `engine_unavailable`, a started stream with that error event.
+        for future in plains:
+            assert_envelope(future.result(timeout=30), 503, "engine_unavailable")
+        for future in streams:
+            events = future.result(timeout=30)
+            assert events[-1] == "[DONE]", events[-3:]
+            assert json.loads(events[-2])["error"]["code"] == "engine_unavailable", events[-3:]
+
+    assert server.process.wait(timeout=60) == ENGINE_DEAD_EXIT_CODE
+    assert time.monotonic() - killed_at < 30
+    assert "The engine process has died" in server.log_path.read_text(errors="replace")
