@@ -16,7 +16,10 @@ from server.settings import Settings
 
 pytestmark = pytest.mark.first
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# A question whose greedy answer has a clear lead at every token: on the bare "What is the capital of
+# France?" the 135M model's first tokens ("The" against "L") are 0.13 nats apart, and bf16 kernels
+# (vLLM's AMX attention on CPU) flip them.
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 def test_is_converted_needs_config_and_weights(tmp_path):
