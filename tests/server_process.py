@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,37 @@ class RunningServer:
     admin_token: str
     log_path: Path
     process: subprocess.Popen
+
+
+def engine_core(server: RunningServer) -> psutil.Process:
+    """The server's vLLM engine-core process."""
+    children = psutil.Process(server.process.pid).children()
+    cores = [child for child in children if "EngineCore" in child.name()]
+    assert len(cores) == 1, [child.name() for child in children]
+    return cores[0]
+
+
+@contextlib.contextmanager
+def engine_frozen(server: RunningServer) -> Iterator[None]:
+    """Stop the server's engine (SIGSTOP) for the block, then let it go on: requests admitted meanwhile
+    stay in flight however fast the machine is. Nothing that waits on the engine answers meanwhile
+    (completions, the admin listing); the HTTP front, admission and `/metrics` do."""
+    engine = engine_core(server)
+    engine.suspend()
+    try:
+        yield
+    finally:
+        engine.resume()
+
+
+def requests_in_flight(server: RunningServer) -> float:
+    """Requests the server has admitted and not ended: its running and waiting gauges."""
+    total = 0.0
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("orthoserve_requests_running", "orthoserve_requests_waiting"):
+            total += float(value)
+    return total
 
 
 def free_port() -> int:

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 
 import httpx
-import pytest
+
+from tests.server_process import engine_frozen, requests_in_flight
 
 PROMPT = "The capital of France is"
 VERSION_HEADER = "x-orthoserve-adapter-set"
@@ -89,53 +90,28 @@ def test_replace_under_continuous_traffic(server, admin, write_set):
 
 
 def test_unload_while_requests_run(server, admin, write_set):
-    max_tokens = 480  # near the test server's 512-token context: the longest window the tiny model allows
-    # The tiny model is fast: if every request ends before the unload lands, run the scenario again.
-    for attempt in range(3):
-        name = f"drain{attempt}"
-        admin.load(name, write_set(name, seed=300 + attempt))
-        if _unload_during_requests(server, admin, name, max_tokens):
-            return
-    pytest.fail("the requests always ended before the unload reached the server")
-
-
-def _unload_during_requests(server, admin, name: str, max_tokens: int) -> bool:
-    """Unload `name` while long requests run on it; False if they all ended before the unload."""
-    model = f"{name}/piqa"
-    prompt = next(
-        candidate
-        for candidate in ("The capital of France is", "The quick brown fox", "json", "Return a list", "path")
-        if complete(server.base_url, model, max_tokens=max_tokens, prompt=candidate).json()["choices"][0]["finish_reason"]
-        == "length"
-    )
+    name, model, max_tokens = "drain", "drain/piqa", 480
+    admin.load(name, write_set(name, seed=300))
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
     responses: list[httpx.Response] = []
     workers = [
-        threading.Thread(target=lambda: responses.append(complete(server.base_url, model, max_tokens=max_tokens, prompt=prompt)))
+        threading.Thread(target=lambda: responses.append(httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120)))
         for _ in range(CONCURRENCY)
     ]
-    for worker in workers:
-        worker.start()
-
-    def in_flight() -> int:
-        return sum(item["in_flight"] for item in admin.listing()["data"] if item["name"] == name)
-
-    wait_until(lambda: in_flight() > 0, interval=0.005, state=lambda: admin.listing()["data"])
-    draining = admin.unload(name, wait=False)
-    refused = complete(server.base_url, model)
-    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    # The engine is frozen while the requests come in and the unload lands: all of them are in flight
+    # then, however fast the machine.
+    with engine_frozen(server):
+        for worker in workers:
+            worker.start()
+        wait_until(lambda: requests_in_flight(server) == CONCURRENCY, interval=0.01)
+        draining = admin.unload(name, wait=False)
+        refused = complete(server.base_url, model)
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
     for worker in workers:
         worker.join()
-    served = [response for response in responses if response.status_code == 200]
-    # Every request that got in finishes whole on the draining version; later ones get 404.
-    assert all(
-        response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
-        for response in responses
-        if response.status_code != 200
-    )
-    assert {response.headers[VERSION_HEADER] for response in served} <= {f"{name}@{draining['version']}"}
-    assert all(response.json()["usage"]["completion_tokens"] == max_tokens for response in served)
+    assert (draining["state"], draining["in_flight"]) == ("draining", CONCURRENCY)
+    # Every request that got in finishes whole on the draining version, then its memory is freed.
+    assert [response.status_code for response in responses] == [200] * CONCURRENCY
+    assert {response.headers[VERSION_HEADER] for response in responses} == {f"{name}@{draining['version']}"}
+    assert all(response.json()["usage"]["completion_tokens"] == max_tokens for response in responses)
     wait_until(lambda: all(item["name"] != name for item in admin.listing()["data"]))
-    if draining["state"] != "draining":
-        return False
-    assert draining["in_flight"] > 0 and len(served) >= draining["in_flight"]
-    return True

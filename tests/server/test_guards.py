@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from adapters.base_model import describe_base_model
 from server.engine_watch import ENGINE_DEAD_EXIT_CODE
 from tests.router.adapter_sets import make_set
-from tests.server_process import RunningServer, free_port, start_server
+from tests.server_process import RunningServer, engine_core, free_port, requests_in_flight, start_server
 from tests.tiny_model import build_tiny_llama
 
 MODEL = "ctx1536"
@@ -258,10 +257,6 @@ def _until_the_context_ends(base_url: str) -> httpx.Response:
     return httpx.post(f"{base_url}/v1/completions", json=UNTIL_THE_CONTEXT_ENDS, timeout=60)
 
 
-def _requests_in_flight(server: RunningServer) -> float:
-    return metric(server, "/metrics", "orthoserve_requests_running") + metric(server, "/metrics", "orthoserve_requests_waiting")
-
-
 def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guarded):
     """Last in the module: the engine-core process is killed under load, as an OOM kill would.
 
@@ -269,21 +264,20 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guard
     event, new requests get 503, and the server exits with its engine-death status within 30 s.
     """
     server, _ = guarded
-    engine_cores = [child for child in psutil.Process(server.process.pid).children() if "EngineCore" in child.name()]
-    assert len(engine_cores) == 1, [child.name() for child in psutil.Process(server.process.pid).children()]
+    engine = engine_core(server)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         started = [threading.Event() for _ in range(2)]
         streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
         assert all(event.wait(60) for event in started), "the streams never started"
         # Freeze the engine mid-stream, so that no request can finish before the kill however slow
         # this machine is, and let two plain requests queue up behind it.
-        engine_cores[0].suspend()
+        engine.suspend()
         plains = [pool.submit(_until_the_context_ends, server.base_url) for _ in range(2)]
         deadline = time.monotonic() + 10
-        while _requests_in_flight(server) < 4 and time.monotonic() < deadline:
+        while requests_in_flight(server) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _requests_in_flight(server) == 4
-        engine_cores[0].kill()
+        assert requests_in_flight(server) == 4
+        engine.kill()
         killed_at = time.monotonic()
 
         health = None
