@@ -16,8 +16,8 @@
   dead one).
 - **Each replica serves the whole orthoserve API on its own port** (127.0.0.1 and a free port by
   default), `/metrics` included; `GET /replicas` on the ingress lists them for scraping.
-- A request whose replica died before it answered anything is sent again to another replica; one
-  that had started streaming ends where the replica died.
+- A request whose replica died before it answered is sent again to another replica (a plain answer
+  counts as given once all of it has arrived); a stream that had started ends where the replica died.
 """
 
 from __future__ import annotations
@@ -243,15 +243,17 @@ class OrthoserveIngress:
             stream = handle.forward.remote(*args)
             try:
                 head = await stream.__anext__()
-            except _RETRIED_ERRORS as error:  # the replica died before answering: nothing was sent yet
-                logger.warning("replica failed before answering (%s); sending the request again", error)
-                if attempt == 0:
-                    continue
-                return domain_error_response(ReplicaUnavailable("No replica could serve the request."))
-            break
-        return StreamingResponse(
-            _rest(stream), status_code=head["status"], headers=_response_headers(head["headers"])
-        )
+                response_headers = _response_headers(head["headers"])
+                if _is_event_stream(response_headers):
+                    return StreamingResponse(_rest(stream), status_code=head["status"], headers=response_headers)
+                # A plain answer counts as given only once all of it has arrived: a replica that dies
+                # between its status line and its body must not leave a 200 without a body.
+                content = b"".join([chunk async for chunk in stream])
+            except _RETRIED_ERRORS as error:  # the replica died before answering whole: nothing was sent yet
+                logger.warning("replica failed before answering (attempt %d of 2): %s", attempt + 1, error)
+                continue
+            return Response(content, status_code=head["status"], headers=response_headers)
+        return domain_error_response(ReplicaUnavailable("No replica could serve the request."))
 
     def _set_name(self, request: Request, body: bytes) -> str:
         if request.method != "POST" or not body:
@@ -297,6 +299,10 @@ async def _rest(stream: Any) -> AsyncIterator[bytes]:
             yield chunk
     except _RETRIED_ERRORS:
         logger.warning("replica died while streaming a response; the response ends here")
+
+
+def _is_event_stream(headers: dict[str, str]) -> bool:
+    return any(name.lower() == "content-type" and value.startswith("text/event-stream") for name, value in headers.items())
 
 
 def _response_headers(headers: Any) -> dict[str, str]:

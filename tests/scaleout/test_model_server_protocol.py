@@ -18,14 +18,13 @@ import openai
 import pytest
 
 from adapters.base_model import BaseModelInfo
-from server_process import TINY_MODEL_NAME, RunningServer, start_server
+from server_process import TINY_MODEL_NAME, RunningServer, engine_frozen, start_server
 from tests.router.adapter_sets import make_broken_set, make_set
 from tests.scaleout.protocol_support import Scrape, promtool_problems, scrape, without_vllm, write_peft_lora
 
 SLOTS = {"lora": 2, "moore": 1, "badit": 1}
 POLL_S = 0.05
 WAIT_LIMIT_S = 60
-ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +186,10 @@ def test_lists_follow_eviction_swap_in_replace_and_unload(protocol_server, admin
 
 
 def test_a_set_waiting_for_a_busy_slot_is_listed_as_waiting(protocol_server, admin_http, client, write) -> None:
-    # One MoORE slot: while a long stream holds pl-moore, a request for pl-moore-b waits for the slot.
-    # The wait lasts only as long as the stream (at most 512 tokens of the tiny model): on a loaded
-    # machine the stream can end before the waiting request arrives, so the scene is played again.
+    # One MoORE slot: while a stream holds pl-moore, a request for pl-moore-b waits for the slot.
     assert load(admin_http, "pl-moore-b", write("pl-moore-b", "moore", ("boolq",), seed=9)).status_code == 200
-    seen: Scrape | None = None
-    for _ in range(ATTEMPTS):
-        complete(client, "pl-moore/boolq")  # pl-moore in the slot, pl-moore-b a host copy
-        seen = _waiting_while_a_stream_holds("pl-moore/boolq", "pl-moore-b/boolq", protocol_server, client)
-        if seen is not None:
-            break
-    assert seen is not None, f"pl-moore-b was never seen waiting in {ATTEMPTS} attempts"
+    complete(client, "pl-moore/boolq")  # pl-moore in the slot, pl-moore-b a host copy
+    seen = _waiting_while_a_stream_holds("pl-moore/boolq", "pl-moore-b/boolq", protocol_server, client)
     assert "pl-moore-b/boolq" in seen.waiting and "pl-moore-b" not in seen.running
     assert "pl-moore" in seen.running
     metrics = wait_for(protocol_server, lambda m: "pl-moore-b" in m.running, "pl-moore-b brought in")
@@ -205,23 +197,20 @@ def test_a_set_waiting_for_a_busy_slot_is_listed_as_waiting(protocol_server, adm
     assert metrics.loaded()["pl-moore"] == ("cpu", "false")
 
 
-def _waiting_while_a_stream_holds(holder: str, waiter: str, server: RunningServer, client: openai.OpenAI) -> Scrape | None:
-    """The first scrape listing `waiter` as waiting while a long stream for `holder` runs, or None when
-    the stream ended first; either way the waiting request is answered with its own model."""
+def _waiting_while_a_stream_holds(holder: str, waiter: str, server: RunningServer, client: openai.OpenAI) -> Scrape:
+    """The first scrape listing `waiter` as waiting while a stream for `holder` runs; the waiting
+    request is then answered with its own model once the stream ends. The engine is frozen while the
+    scrapes look, so the stream cannot end first however fast or loaded the machine."""
     stream = client.completions.create(
         model=holder, prompt="one", max_tokens=400, temperature=0, stream=True, extra_body={"ignore_eos": True}
     )
     next(iter(stream))
     answered: list[str] = []
     thread = threading.Thread(target=lambda: answered.append(complete(client, waiter)))
-    thread.start()
-    seen = None
     try:
-        while thread.is_alive() and seen is None:
-            current = scrape(server.base_url)
-            if waiter.split("/")[0] in current.waiting:
-                seen = current
-            time.sleep(POLL_S)
+        with engine_frozen(server):
+            thread.start()
+            seen = wait_for(server, lambda current: waiter.split("/")[0] in current.waiting, f"{waiter} waiting")
     finally:
         stream.close()
         thread.join(timeout=WAIT_LIMIT_S)
