@@ -273,10 +273,10 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guard
         # this machine is, and let two plain requests queue up behind it.
         engine.suspend()
         plains = [pool.submit(_until_the_context_ends, server.base_url) for _ in range(2)]
-        deadline = time.monotonic() + 60
+        # Let them reach the server (a plain request that arrives after the kill gets the same 503).
+        deadline = time.monotonic() + 5
         while requests_in_flight(server) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert requests_in_flight(server) == 4
         engine.kill()
         killed_at = time.monotonic()
 
