@@ -244,7 +244,7 @@ class OrthoserveIngress:
             try:
                 head = await stream.__anext__()
                 response_headers = _response_headers(head["headers"])
-                if _is_event_stream(response_headers):
+                if response_headers.get("content-type", "").startswith("text/event-stream"):  # ASGI names are lower case
                     return StreamingResponse(_rest(stream), status_code=head["status"], headers=response_headers)
                 # A plain answer counts as given only once all of it has arrived: a replica that dies
                 # between its status line and its body must not leave a 200 without a body.
@@ -299,10 +299,6 @@ async def _rest(stream: Any) -> AsyncIterator[bytes]:
             yield chunk
     except _RETRIED_ERRORS:
         logger.warning("replica died while streaming a response; the response ends here")
-
-
-def _is_event_stream(headers: dict[str, str]) -> bool:
-    return any(name.lower() == "content-type" and value.startswith("text/event-stream") for name, value in headers.items())
 
 
 def _response_headers(headers: Any) -> dict[str, str]:

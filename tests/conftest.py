@@ -63,9 +63,9 @@ def server(
         yield running
 
 
-# The modules that use the shared `server`: on several pytest-xdist workers (`make test`) they run on
-# one worker, in collection order, so that the server sees the same sequence of tests as in a serial
-# run. Collection checks that this list is complete.
+# The modules that use the shared `server`: on several pytest-xdist workers (`make test
+# TEST_WORKERS=2`) they run on one worker, in collection order, so that the server sees the same
+# sequence of tests as in a serial run. Collection checks that this list is complete.
 SHARED_SERVER_MODULES = frozenset(
     {
         "tests/docker/test_dashboard_prometheus.py",

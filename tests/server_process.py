@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 600
@@ -58,12 +59,13 @@ def engine_frozen(server: RunningServer) -> Iterator[None]:
 
 def requests_in_flight(server: RunningServer) -> float:
     """Requests the server has admitted and not ended: its running and waiting gauges."""
-    total = 0.0
-    for line in httpx.get(f"{server.base_url}/metrics", timeout=30).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("orthoserve_requests_running", "orthoserve_requests_waiting"):
-            total += float(value)
-    return total
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("orthoserve_requests_running", "orthoserve_requests_waiting")
+    )
 
 
 def free_port() -> int:
