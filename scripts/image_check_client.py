@@ -54,7 +54,7 @@ def chat(args: argparse.Namespace) -> None:
     model = base_model(args.url)
     reply = client(args.url).chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
         max_tokens=30,
         temperature=0,
     )

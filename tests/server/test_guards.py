@@ -22,7 +22,7 @@ import pytest
 from adapters.base_model import describe_base_model
 from server.engine_watch import ENGINE_DEAD_EXIT_CODE
 from tests.router.adapter_sets import make_set
-from tests.server_process import RunningServer, engine_core, free_port, requests_in_flight, start_server
+from tests.server_process import RunningServer, engine_core, engine_frozen, free_port, requests_in_flight, start_server
 from tests.tiny_model import build_tiny_llama
 
 MODEL = "ctx1536"
@@ -210,9 +210,17 @@ def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
     cancelled_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"')
     generated_before = metric(server, "/metrics/vllm", "vllm:generation_tokens_total")
     body = completion(server, max_tokens=CONTEXT - 8, stream=True, ignore_eos=True)
+    # The engine is frozen from the first token until the server has seen the client go, so the count
+    # of tokens below does not depend on how fast this machine generates them.
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         next(line for line in response.iter_lines() if line.startswith("data: "))  # generating
+        with engine_frozen(server):
+            response.close()  # the client hangs up
+            deadline = time.monotonic() + 20
+            while metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"') == cancelled_before:
+                assert time.monotonic() < deadline, "the server did not see the client go"
+                time.sleep(0.1)
     _wait_idle(server)
     # The engine stopped generating for it, well before its max_tokens, and it is counted as cancelled.
     generated = metric(server, "/metrics/vllm", "vllm:generation_tokens_total") - generated_before
