@@ -217,7 +217,8 @@ class EngineSlots:
                 other.residency = "loading"
                 victims = victims + more
         await self._swap_in(arrivals, victims)
-        if hold and version.residency == "slot":
+        # A version retired during the engine call is being removed: the caller resolves again.
+        if hold and version.residency == "slot" and version.state == "ready":
             self._hold(version)  # before any other move can evict it again
             return "held"
         return "look again"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,7 @@ class Validator:
 
     def __init__(self) -> None:
         self.contents_checked: list[str] = []
+        self.contents_gate: threading.Event | None = None  # when set, content checks wait for it
 
     def inspect(self, set_dir: Path) -> SetInspection:
         if set_dir.name == "broken":
@@ -140,6 +142,8 @@ class Validator:
         return SetInspection(description, lambda: self._check_contents(set_dir))
 
     def _check_contents(self, set_dir: Path) -> None:
+        if self.contents_gate is not None:
+            assert self.contents_gate.wait(10)
         self.contents_checked.append(set_dir.name)
         if set_dir.name == "corrupt":
             raise CorruptSet("tensor layers.0.q_proj.A does not match its sha256")
@@ -444,6 +448,27 @@ async def test_resolver_registers_a_folder_on_first_request(tmp_path):
         with pytest.raises(error):
             await registry.acquire(model)
     assert [e.name for e in registry.published()] == ["mtl"]
+
+
+async def test_a_version_retired_while_it_is_brought_in_is_not_held(tmp_path):
+    """A replace publishes while a request's swap-in of the old version is in the engine: the request
+    resolves again to the new version, and the old one leaves the engine without being held."""
+    registry, backend, _ = await two_slot_registry(tmp_path, ["a", "b", "c"])  # c on disk
+    registry._validator.contents_gate = threading.Event()
+    replacing = asyncio.ensure_future(registry.load("c", "c", replace=True))
+    await asyncio.sleep(0.05)  # c@2 registered (on disk: no free slot); its contents check waits
+    backend.gate = asyncio.Event()
+    request = asyncio.ensure_future(registry.acquire("c/boolq"))
+    await asyncio.sleep(0.01)  # c@1 coming into the slot of a, held at the gate
+    registry._validator.contents_gate.set()
+    while registry.published()[-1].version != 2:  # c@2 published, c@1 retired
+        await asyncio.sleep(0.01)
+    backend.gate.set()
+    lease = await asyncio.wait_for(request, 5)
+    await asyncio.wait_for(replacing, 5)
+    assert lease.target.version == 2 and lease.target.slot in backend.slots
+    assert [entry.label for entry in registry.resident()] == ["a@1", "b@1", "c@2"]
+    lease.release()
 
 
 async def test_random_traffic_with_replaces_never_loses_a_held_version(tmp_path):
