@@ -19,7 +19,7 @@ from xdist.scheduler import LoadScopeScheduling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_process import TINY_MODEL_NAME, RunningServer, start_server  # noqa: E402
+from server_process import TINY_MODEL_NAME, RunningServer, reap_stopped_servers, start_server  # noqa: E402
 from tiny_model import build_tiny_llama  # noqa: E402
 
 # Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`), and
@@ -126,3 +126,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             if isinstance(value, RunningServer) and value.log_path.exists():
                 tail = value.log_path.read_text(errors="replace")[-8000:]
                 report.sections.append((f"server log ({value.log_path})", tail))
+
+
+def pytest_sessionfinish() -> None:
+    reap_stopped_servers()

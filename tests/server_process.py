@@ -100,7 +100,8 @@ def start_server(
     *,
     max_model_len: int | None = 512,
 ) -> Iterator[RunningServer]:
-    """Start a server, wait until /health answers, and stop it (engine processes included) on exit."""
+    """Start a server, wait until /health answers, and ask it to stop on exit (without waiting: see
+    `reap_stopped_servers`)."""
     port = free_port()
     command = server_command(model_dir, served_name, port, *(extra_args or []), max_model_len=max_model_len)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,19 +125,31 @@ def _wait_until_healthy(server: RunningServer) -> None:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{server.base_url}/health", timeout=5).status_code == 200:
                 return
-        time.sleep(1)
+        time.sleep(0.25)
     log = server.log_path.read_text(errors="replace")
     pytest.fail(f"server did not become healthy (exit code {server.process.poll()}); log:\n{log[-20000:]}")
+
+
+# Servers asked to stop: vLLM takes seconds to shut down, and the session goes on meanwhile.
+_stopping: list[subprocess.Popen] = []
 
 
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
+    _stopping.append(process)
+
+
+def reap_stopped_servers(timeout_s: float = 60) -> None:
+    """Wait for the servers asked to stop (killing those past `timeout_s`), and any engine process of
+    theirs still alive: the engine core and worker share the server's session."""
+    deadline = time.monotonic() + timeout_s
+    while _stopping:
+        process = _stopping.pop()
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
-            process.wait()
-    # The engine core and worker share the server's session: make sure none outlives it.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, 9)
+        process.wait()

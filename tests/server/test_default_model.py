@@ -64,47 +64,48 @@ def test_prepared_folder_is_a_plain_llama_and_is_reused(smollm2_dir):
     assert leftovers == []
 
 
-@pytest.mark.slow
-def test_smollm2_answers_paris(smollm2_dir, tmp_path):
-    with start_server(smollm2_dir, MODEL_NAME, tmp_path / "smollm2.log") as server:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
-        answer = client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0)
-        assert "Paris" in answer.choices[0].message.content
-        stream = client.chat.completions.create(
-            model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0, stream=True
-        )
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-        assert "Paris" in streamed
-        assert streamed == answer.choices[0].message.content
-
-
-@pytest.mark.slow
-def test_readme_structured_output_call_on_a_task_tag(smollm2_dir, tmp_path):
-    """The README's quick start: a paper-init MoORE set made by the CLI, served, asked for JSON on a tag.
-
-    fp32: MoORE's CPU kernels need AVX-512 for bf16.
-    """
-    sets = tmp_path / "sets"
+@pytest.fixture(scope="module")
+def smollm2_server(smollm2_dir, tmp_path_factory):
+    """SmolLM2 served as the README's adapter-set section serves it: fp32, with the paper-init MoORE
+    set `csr` made by the CLI (MoORE's bf16 CPU kernels need AVX-512)."""
+    work = tmp_path_factory.mktemp("smollm2")
     made = subprocess.run(
         [sys.executable, "-m", "server.cli", "adapters", "init", "moore", "--base-model", str(smollm2_dir),
-         "--tasks", "arc-e,boolq,piqa", "--out", str(sets / "csr")],
+         "--tasks", "arc-e,boolq,piqa", "--out", str(work / "sets" / "csr")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr[-5000:]
+    extra = ["--dtype", "float32", "--adapter-sets", str(work / "sets")]
+    with start_server(smollm2_dir, MODEL_NAME, work / "smollm2.log", extra) as server:
+        yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.mark.slow
+def test_smollm2_answers_paris(smollm2_server):
+    answer = smollm2_server.chat.completions.create(model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0)
+    assert "Paris" in answer.choices[0].message.content
+    stream = smollm2_server.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, max_tokens=30, temperature=0, stream=True
+    )
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert "Paris" in streamed
+    assert streamed == answer.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_readme_structured_output_call_on_a_task_tag(smollm2_server):
+    """The README's quick start: JSON asked for on a task tag of the paper-init set, and of the base model."""
     schema = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"]}
-    extra = ["--dtype", "float32", "--adapter-sets", str(sets)]
-    with start_server(smollm2_dir, MODEL_NAME, tmp_path / "smollm2-csr.log", extra) as server:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
-        replies = {}
-        for model in (MODEL_NAME, "csr/boolq"):
-            reply = client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": "Is Paris the capital of France? Answer in JSON."}],
-                response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
-                max_tokens=20,
-                temperature=0,
-            )
-            assert reply.model == model
-            replies[model] = json.loads(reply.choices[0].message.content)
-            assert isinstance(replies[model]["answer"], bool)
-        assert replies["csr/boolq"] == replies[MODEL_NAME]  # paper init computes the base model
+    replies = {}
+    for model in (MODEL_NAME, "csr/boolq"):
+        reply = smollm2_server.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Is Paris the capital of France? Answer in JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+            max_tokens=20,
+            temperature=0,
+        )
+        assert reply.model == model
+        replies[model] = json.loads(reply.choices[0].message.content)
+        assert isinstance(replies[model]["answer"], bool)
+    assert replies["csr/boolq"] == replies[MODEL_NAME]  # paper init computes the base model

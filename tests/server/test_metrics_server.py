@@ -20,11 +20,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.router.adapter_sets import make_broken_set
-from server_process import RunningServer, free_port
+from server_process import RunningServer, engine_frozen, free_port
 
 PROMPT = "The quick brown fox"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-MAX_HANG_UPS = 5
 MAX_ADAPTER_TASKS = 2  # enough to tell tasks apart, few enough to stay quick
 LATENCY_HISTOGRAMS = (
     "orthoserve_e2e_request_latency_seconds",
@@ -126,12 +125,14 @@ def streamed_chat(client: openai.OpenAI, task: ServedTask, max_tokens: int = 8) 
 
 
 def cancel_a_stream(server: RunningServer, task: ServedTask) -> None:
-    """Start a long chat stream, read its first event, and hang up.
+    """Start a long chat stream, read its first event, and hang up while the engine is frozen: the
+    stream cannot end before the server sees the hang-up, however fast or loaded the machine.
 
-    Eight sampled choices of up to 400 tokens: the request runs until its longest choice ends, so an
-    early end-of-sequence in one choice (or all of them, as greedy decoding may do) cannot end it
-    before the server sees the hang-up.
+    Eight sampled choices of up to 400 tokens: an early end-of-sequence in one choice cannot end the
+    request between its first event and the freeze.
     """
+    cancelled = request_count(task, "cancelled")
+    cancelled_before = cancelled(scrape(server))
     body = {
         "model": task.model, "messages": MESSAGES, "max_tokens": 400, "n": 8, "temperature": 1.0, "stream": True,
         **(task.extra_body or {}),
@@ -140,6 +141,9 @@ def cancel_a_stream(server: RunningServer, task: ServedTask) -> None:
     with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as response:
         assert response.status_code == 200
         assert next(line for line in response.iter_lines() if line.startswith("data:"))
+        with engine_frozen(server):
+            response.close()
+            assert cancelled(scrape_until(server, lambda s: cancelled(s) > cancelled_before)) > cancelled_before
 
 
 # -- consistency ----------------------------------------------------------------------------------
@@ -198,16 +202,10 @@ def test_mixed_traffic_counts_every_outcome_and_passes_promtool(client, server, 
         client.completions.create(model="no-such-model", prompt=PROMPT, max_tokens=4)
     malformed = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": task.model}, timeout=30)
     assert malformed.status_code == 400
-    after, hang_ups = scrape(server), 0
-    while after.delta(before, "orthoserve_requests_total", outcome="cancelled", **task.labels) == 0:
-        # A hang-up races the stream's end: on a loaded machine the server can flush the whole stream
-        # before it reads the disconnect. That request then counts as ok, and we hang up again.
-        assert hang_ups < MAX_HANG_UPS, "no hung-up stream was counted as cancelled"
-        cancel_a_stream(server, task)
-        hang_ups += 1
-        after = scrape_until(server, lambda s: ended(s, before, task) == 2 + hang_ups)
+    cancel_a_stream(server, task)
+    after = scrape_until(server, lambda s: ended(s, before, task) == 3)
 
-    assert ended(after, before, task) == 2 + hang_ups
+    assert ended(after, before, task) == 3
     assert after.delta(before, "orthoserve_requests_total", outcome="cancelled", **task.labels) == 1
     assert after.delta(before, "orthoserve_requests_total", outcome="client_error", **unknown) == 2
     assert after.delta(before, "orthoserve_generation_tokens_total", **task.labels) > 0

@@ -3,7 +3,9 @@ vLLM is imported (a bad configuration fails in seconds, not after the engine's i
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,9 @@ BAD_SETUPS = {
     "unknown-flag": (lambda cmd, tmp: [*cmd, "--max-queue", "3"], "--max-queue"),
     "missing-model-folder": (lambda cmd, tmp: _with(cmd, "--model", str(tmp / "nowhere")), "no such directory"),
     "context-longer-than-the-model": (lambda cmd, tmp: _with(cmd, "--max-model-len", "1024"), "max_position_embeddings"),
-    "unsupported-architecture": (lambda cmd, tmp: _with(cmd, "--model", str(_gpt2(tmp))), "gpt2"),
+    "unsupported-architecture": (
+        lambda cmd, tmp: _with(cmd, "--model", str(_gpt2(Path(cmd[cmd.index("--model") + 1]), tmp))), "gpt2"
+    ),
     "missing-adapter-sets-folder": (lambda cmd, tmp: [*cmd, "--adapter-sets", str(tmp / "no-sets")], "--adapter-sets"),
     "unreadable-admin-token-file": (
         lambda cmd, tmp: _without_token([*cmd, "--admin-token-file", str(tmp / "no-token")]), "no-token"
@@ -40,21 +44,32 @@ def _without_token(command: list[str]) -> list[str]:
     return [*command[:index], *command[index + 2 :]]
 
 
-def _gpt2(tmp: Path) -> Path:
+def _gpt2(source: Path, tmp: Path) -> Path:
     model = tmp / "gpt2-like"
-    shutil.copytree(_gpt2.source, model)  # type: ignore[attr-defined]
+    shutil.copytree(source, model)
     config = json.loads((model / "config.json").read_text())
     config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
     (model / "config.json").write_text(json.dumps(config))
     return model
 
 
+@pytest.fixture(scope="module")
+def outcomes(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """Every bad start-up, run side by side (each is a process that imports the CLI and exits)."""
+
+    def run(case: str) -> subprocess.CompletedProcess:
+        tmp = tmp_path_factory.mktemp(case)
+        change, _ = BAD_SETUPS[case]
+        command = change(server_command(tiny_model_dir, TINY_MODEL_NAME, free_port()), tmp)
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        return dict(zip(BAD_SETUPS, pool.map(run, BAD_SETUPS)))
+
+
 @pytest.mark.parametrize("case", sorted(BAD_SETUPS))
-def test_bad_start_up_is_one_line_and_a_non_zero_exit(case: str, tiny_model_dir: Path, tmp_path: Path):
-    _gpt2.source = tiny_model_dir  # type: ignore[attr-defined]
-    change, named = BAD_SETUPS[case]
-    command = change(server_command(tiny_model_dir, TINY_MODEL_NAME, free_port()), tmp_path)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+def test_bad_start_up_is_one_line_and_a_non_zero_exit(case: str, outcomes: dict[str, subprocess.CompletedProcess]):
+    result, named = outcomes[case], BAD_SETUPS[case][1]
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2
