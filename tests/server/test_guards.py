@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from adapters.base_model import describe_base_model
@@ -279,6 +280,33 @@ def _until_the_context_ends(base_url: str) -> httpx.Response:
     return httpx.post(f"{base_url}/v1/completions", json=UNTIL_THE_CONTEXT_ENDS, timeout=60)
 
 
+def _wait_in_flight(server: RunningServer, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while requests_in_flight(server) != count:
+        assert time.monotonic() < deadline, f"{requests_in_flight(server)} requests in flight, expected {count}"
+        time.sleep(0.05)
+
+
+def _two_streams_frozen_mid_way(
+    server: RunningServer, engine: psutil.Process, pool: concurrent.futures.Executor
+) -> list[concurrent.futures.Future[list[str]]]:
+    """Two streams that have sent tokens, with the engine stopped (SIGSTOP) before either ended.
+
+    They reach the engine while it is stopped, so they start in the same step and stay about one
+    context length (seconds of work) from their end; the engine is stopped again once both have
+    sent their first token."""
+    started = [threading.Event() for _ in range(2)]
+    engine.suspend()
+    streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
+    _wait_in_flight(server, 2)
+    engine.resume()
+    assert all(event.wait(60) for event in started), "the streams never started"
+    engine.suspend()
+    assert not any(stream.done() for stream in streams)
+    _wait_in_flight(server, 2)  # neither ended on the server's side either
+    return streams
+
+
 def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guarded):
     """Last in the module: the engine-core process is killed under load, as an OOM kill would.
 
@@ -288,12 +316,9 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guard
     server, _ = guarded
     engine = engine_core(server)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        started = [threading.Event() for _ in range(2)]
-        streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
-        assert all(event.wait(60) for event in started), "the streams never started"
-        # Freeze the engine mid-stream, so that no request can finish before the kill however slow
-        # this machine is, and let two plain requests queue up behind it.
-        engine.suspend()
+        streams = _two_streams_frozen_mid_way(server, engine, pool)
+        # No request can finish before the kill however slow this machine is. Two plain requests
+        # queue up behind the streams.
         plains = [pool.submit(_until_the_context_ends, server.base_url) for _ in range(2)]
         # Let them reach the server (a plain request that arrives after the kill gets the same 503).
         deadline = time.monotonic() + 5
