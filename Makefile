@@ -4,7 +4,7 @@ export VENV
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers for the test modules: 0 runs serially. With 2, each worker has its own shared
-# server (about 2 GB of memory each); on 2 cores some timing-sensitive tests are not yet reliable there.
+# server (about 2 GB of memory each).
 TEST_WORKERS ?= 0
 
 .PHONY: setup setup-dev serve prepare-model test image-check
