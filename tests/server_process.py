@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +45,26 @@ def engine_core(server: RunningServer) -> psutil.Process:
 
 
 @contextlib.contextmanager
-def engine_frozen(server: RunningServer) -> Iterator[None]:
-    """Stop the server's engine (SIGSTOP) for the block, then let it go on: requests admitted meanwhile
-    stay in flight however fast the machine is. Nothing that waits on the engine answers meanwhile
-    (completions, the admin listing); the HTTP front, admission and `/metrics` do."""
-    engine = engine_core(server)
+def engine_frozen(engine: psutil.Process) -> Iterator[None]:
+    """Stop a server's engine process (`engine_core(server)`: SIGSTOP) for the block, then let it go
+    on: requests admitted meanwhile stay in flight however fast the machine is. Nothing that waits on
+    the engine answers meanwhile (completions, the admin listing); the HTTP front, admission and
+    `/metrics` do."""
     engine.suspend()
     try:
         yield
     finally:
         engine.resume()
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05, state: Callable[[], object] = lambda: None
+) -> None:
+    """Wait for `condition`; on timeout, fail with what `state` returns then."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not reached in time; state: {state()}"
+        time.sleep(interval)
 
 
 def requests_in_flight(server: RunningServer) -> float:
@@ -150,6 +160,7 @@ def reap_stopped_servers(timeout_s: float = 60) -> None:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+        # Before `wait` reaps the server: until then its pid, and so its group id, cannot be reused.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
         process.wait()

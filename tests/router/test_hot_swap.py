@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import httpx
 
-from tests.server_process import engine_frozen, requests_in_flight
+from tests.server_process import engine_core, engine_frozen, requests_in_flight, wait_until
 
 PROMPT = "The capital of France is"
 VERSION_HEADER = "x-orthoserve-adapter-set"
@@ -23,16 +21,6 @@ def complete(base_url: str, model: str, *, max_tokens: int = 8, prompt: str = PR
         json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
         timeout=120,
     )
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05, state: Callable[[], object] = lambda: None
-) -> None:
-    """Wait for `condition`; on timeout, fail with what `state` returns then."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not reached in time; state: {state()}"
-        time.sleep(interval)
 
 
 def test_replace_under_continuous_traffic(server, admin, write_set):
@@ -100,7 +88,7 @@ def test_unload_while_requests_run(server, admin, write_set):
     ]
     # The engine is frozen while the requests come in and the unload lands: all of them are in flight
     # then, however fast the machine.
-    with engine_frozen(server):
+    with engine_frozen(engine_core(server)):
         for worker in workers:
             worker.start()
         wait_until(lambda: requests_in_flight(server) == CONCURRENCY, interval=0.01)

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from adapters.base_model import BaseModelInfo
-from server_process import TINY_MODEL_NAME, RunningServer, engine_frozen, start_server
+from server_process import TINY_MODEL_NAME, RunningServer, engine_core, engine_frozen, start_server
 from tests.router.adapter_sets import make_broken_set, make_set
 from tests.scaleout.protocol_support import Scrape, promtool_problems, scrape, without_vllm, write_peft_lora
 
@@ -209,7 +209,7 @@ def _waiting_while_a_stream_holds(holder: str, waiter: str, server: RunningServe
     answered: list[str] = []
     thread = threading.Thread(target=lambda: answered.append(complete(client, waiter)))
     try:
-        with engine_frozen(server):
+        with engine_frozen(engine_core(server)):
             thread.start()
             seen = wait_for(server, lambda current: waiter.split("/")[0] in current.waiting, f"{waiter} waiting")
     finally:

@@ -23,7 +23,15 @@ import pytest
 from adapters.base_model import describe_base_model
 from server.engine_watch import ENGINE_DEAD_EXIT_CODE
 from tests.router.adapter_sets import make_set
-from tests.server_process import RunningServer, engine_core, engine_frozen, free_port, requests_in_flight, start_server
+from tests.server_process import (
+    RunningServer,
+    engine_core,
+    engine_frozen,
+    free_port,
+    requests_in_flight,
+    start_server,
+    wait_until,
+)
 from tests.tiny_model import build_tiny_llama
 
 MODEL = "ctx1536"
@@ -109,15 +117,20 @@ def test_body_over_the_limit_is_413_before_parsing(guarded):
     assert ok.status_code == 200, ok.text
 
 
+def _ended(server: RunningServer, outcome: str) -> float:
+    """Requests that ended with `outcome`, so far."""
+    return metric(server, "/metrics", "orthoserve_requests_total", f'outcome="{outcome}"')
+
+
 def _burst(server: RunningServer, bodies: list[dict]) -> list[httpx.Response]:
     """Send every request while the engine is frozen, so that none leaves the queue (its first token)
     before the last one has been admitted or refused, however fast or loaded the machine; then read
     every answer."""
     _wait_idle(server)
-    rejected_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"')
+    rejected_before = _ended(server, "rejected")
     host, port = server.base_url.removeprefix("http://").split(":")
     connections = [socket.create_connection((host, int(port)), timeout=300) for _ in bodies]
-    with engine_frozen(server):
+    with engine_frozen(engine_core(server)):
         for connection, body in zip(connections, bodies):
             content = json.dumps(body).encode()
             head = (
@@ -125,15 +138,11 @@ def _burst(server: RunningServer, bodies: list[dict]) -> list[httpx.Response]:
                 f"Content-Length: {len(content)}\r\nConnection: close\r\n\r\n"
             )
             connection.sendall(head.encode() + content)
-        deadline = time.monotonic() + 30
-        while (
-            requests_in_flight(server)
-            + metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"')
-            - rejected_before
-            < len(bodies)
-        ):
-            assert time.monotonic() < deadline, "the server has not taken every request of the burst"
-            time.sleep(0.1)
+
+        def taken() -> float:
+            return requests_in_flight(server) + _ended(server, "rejected") - rejected_before
+
+        wait_until(lambda: taken() >= len(bodies), timeout=30, interval=0.1, state=taken)
     responses = []
     for connection in connections:
         raw = http.client.HTTPResponse(connection)
@@ -150,7 +159,7 @@ def _prompt(index: int) -> str:
 
 def test_a_burst_past_the_queue_limit_gets_429_and_is_counted(guarded):
     server, _ = guarded
-    rejected_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"')
+    rejected_before = _ended(server, "rejected")
     responses = _burst(server, [completion(server, prompt=_prompt(index), max_tokens=4) for index in range(24)])
     refused = [r for r in responses if r.status_code == 429]
     served = [r for r in responses if r.status_code == 200]
@@ -159,7 +168,7 @@ def test_a_burst_past_the_queue_limit_gets_429_and_is_counted(guarded):
     for response in refused:
         assert_envelope(response, 429, "server_overloaded")
         assert int(response.headers["retry-after"]) >= 1
-    rejected = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected"') - rejected_before
+    rejected = _ended(server, "rejected") - rejected_before
     assert rejected == len(refused)
     assert metric(server, "/metrics", "orthoserve_requests_total", 'outcome="rejected",set="base",task="base"') >= rejected
 
@@ -183,11 +192,8 @@ def _engine_idle(server: RunningServer) -> bool:
     )
 
 
-def _wait_idle(server: RunningServer, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not _engine_idle(server):
-        assert time.monotonic() < deadline, "the engine still runs the request"
-        time.sleep(0.2)
+def _wait_idle(server: RunningServer) -> None:
+    wait_until(lambda: _engine_idle(server), timeout=20, interval=0.2, state=lambda: "the engine still runs a request")
 
 
 def test_deadline_aborts_the_engine_work_and_answers_504(guarded):
@@ -222,7 +228,7 @@ def test_a_bad_deadline_header_is_400(guarded, value):
 
 def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
     server, _ = guarded
-    cancelled_before = metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"')
+    cancelled_before = _ended(server, "cancelled")
     generated_before = metric(server, "/metrics/vllm", "vllm:generation_tokens_total")
     body = completion(server, max_tokens=CONTEXT - 8, stream=True, ignore_eos=True)
     # The engine is frozen from the first token until the server has seen the client go, so the count
@@ -230,17 +236,14 @@ def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
     with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         next(line for line in response.iter_lines() if line.startswith("data: "))  # generating
-        with engine_frozen(server):
+        with engine_frozen(engine_core(server)):
             response.close()  # the client hangs up
-            deadline = time.monotonic() + 20
-            while metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"') == cancelled_before:
-                assert time.monotonic() < deadline, "the server did not see the client go"
-                time.sleep(0.1)
+            wait_until(lambda: _ended(server, "cancelled") > cancelled_before, timeout=20, interval=0.1)
     _wait_idle(server)
     # The engine stopped generating for it, well before its max_tokens, and it is counted as cancelled.
     generated = metric(server, "/metrics/vllm", "vllm:generation_tokens_total") - generated_before
     assert 1 <= generated < body["max_tokens"] / 2, generated
-    assert metric(server, "/metrics", "orthoserve_requests_total", 'outcome="cancelled"') == cancelled_before + 1
+    assert _ended(server, "cancelled") == cancelled_before + 1
 
 
 def test_admin_api_is_on_its_own_port_with_the_token_from_the_file(guarded):
@@ -281,10 +284,7 @@ def _until_the_context_ends(base_url: str) -> httpx.Response:
 
 
 def _wait_in_flight(server: RunningServer, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while requests_in_flight(server) != count:
-        assert time.monotonic() < deadline, f"{requests_in_flight(server)} requests in flight, expected {count}"
-        time.sleep(0.05)
+    wait_until(lambda: requests_in_flight(server) == count, timeout=30, state=lambda: requests_in_flight(server))
 
 
 def _two_streams_frozen_mid_way(
@@ -296,10 +296,9 @@ def _two_streams_frozen_mid_way(
     context length (seconds of work) from their end; the engine is stopped again once both have
     sent their first token."""
     started = [threading.Event() for _ in range(2)]
-    engine.suspend()
-    streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
-    _wait_in_flight(server, 2)
-    engine.resume()
+    with engine_frozen(engine):
+        streams = [pool.submit(_stream_until_the_context_ends, server.base_url, event) for event in started]
+        _wait_in_flight(server, 2)
     assert all(event.wait(60) for event in started), "the streams never started"
     engine.suspend()
     assert not any(stream.done() for stream in streams)
@@ -320,10 +319,7 @@ def test_killing_the_engine_process_fails_requests_fast_and_exits_non_zero(guard
         # No request can finish before the kill however slow this machine is. Two plain requests
         # queue up behind the streams.
         plains = [pool.submit(_until_the_context_ends, server.base_url) for _ in range(2)]
-        # Let them reach the server (a plain request that arrives after the kill gets the same 503).
-        deadline = time.monotonic() + 5
-        while requests_in_flight(server) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_in_flight(server, 4)
         engine.kill()
         killed_at = time.monotonic()
 

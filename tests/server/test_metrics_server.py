@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.router.adapter_sets import make_broken_set
-from server_process import RunningServer, engine_core, free_port
+from server_process import RunningServer, engine_core, engine_frozen, free_port
 
 PROMPT = "The quick brown fox"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -143,12 +143,9 @@ def hang_up_a_stream(server: RunningServer, task: ServedTask) -> None:
     with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as response:
         assert response.status_code == 200
         assert next(line for line in response.iter_lines() if line.startswith("data:"))
-        engine.suspend()
-        try:
+        with engine_frozen(engine):
             response.close()
             assert ended(scrape_until(server, lambda s: ended(s, before, task) == 1), before, task) == 1
-        finally:
-            engine.resume()
 
 
 # -- consistency ----------------------------------------------------------------------------------
