@@ -122,10 +122,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when == "call":
-        for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, RunningServer) and value.log_path.exists():
+        for value in _servers_in(getattr(item, "funcargs", {}).values()):
+            if value.log_path.exists():
                 tail = value.log_path.read_text(errors="replace")[-8000:]
                 report.sections.append((f"server log ({value.log_path})", tail))
+
+
+def _servers_in(values: Any) -> Iterator[RunningServer]:
+    """The servers among a test's fixture values, and inside tuples of them (`(server, admin_url)`)."""
+    for value in values:
+        if isinstance(value, RunningServer):
+            yield value
+        elif isinstance(value, tuple):
+            yield from _servers_in(value)
 
 
 def pytest_sessionfinish() -> None:

@@ -2,7 +2,9 @@
 
 Each engine (eager, and compiled by vLLM, which the compilation counters confirm) serves base, two
 tasks of one MoORE set, a second MoORE set, a MoORE set at paper init, an input-routed and a
-task-routed BADIT set and a LoRA set, all in one batch. Engines run in fp32, where served greedy
+task-routed BADIT set, a LoRA set and two tasks of a set of a fourth method, all in one batch. That
+method is the toy of `tests/adapters/toy_method.py`, installed as a third-party distribution: a
+method is one folder, served by the engine without any other file knowing of it. Engines run in fp32, where served greedy
 tokens and logprobs equal the fp32 reference's; `ORTHOSERVE_EXACTNESS_DTYPES=bfloat16,float16` adds
 half-precision engines (scripts/gpu-check.sh), whose generated tokens the fp32 reference scores
 within a half-precision tolerance.
@@ -11,6 +13,7 @@ within a half-precision tolerance.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from router.target import BASE_TARGET, RouteTarget
 from server.engine.capacity import AdapterCapacity
 from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.tools.offline import OfflineEngine, OfflineRequest
+from tests.adapters.toy_method import TOY_KIND, toy_method_installed
 
 pytestmark = pytest.mark.first
 
@@ -39,12 +43,21 @@ SETS = {
     "badit-input": ("badit", ["default"], "random", None),
     "badit-task": ("badit", ["summarise", "classify"], "random", BaditConfig(routing="task")),
     "lora": ("lora", ["chat"], "random", None),
+    "toy": (TOY_KIND, ["plus", "minus"], "random", None),
 }
 PROMPTS = [[5, 17, 33, 40, 2, 9], [100, 7, 64, 3], [11, 12, 13, 14, 15, 16, 17, 18, 19], [250, 1, 300]]
 
 
 @pytest.fixture(scope="module")
-def set_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd_cache_dir: Path) -> dict[str, Path]:
+def toy_method(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with toy_method_installed(tmp_path_factory.mktemp("site")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def set_dirs(
+    toy_method: None, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd_cache_dir: Path
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sets")
     base = describe_base_model(tiny_model_dir)
     for seed, (name, (kind, tasks, mode, config)) in enumerate(SETS.items()):
@@ -62,7 +75,7 @@ def set_dirs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, svd
 def engine(request: pytest.FixtureRequest, tiny_model_dir: Path, svd_cache_dir: Path, set_dirs: dict[str, Path]):
     """The same checks run on an eager engine and on one vLLM compiles (torch.compile)."""
     mode, dtype = request.param
-    capacity = AdapterCapacity.build({"moore": {"max_sets": 3}, "badit": {}, "lora": {}})
+    capacity = AdapterCapacity.build({"moore": {"max_sets": 3}, "badit": {}, "lora": {}, TOY_KIND: {"max_tasks": 4}})
     engine = OfflineEngine(
         tiny_model_dir,
         svd_cache_dir,
@@ -96,6 +109,9 @@ MIXED = [
     (PROMPTS[0], "lora", None),
     (PROMPTS[3], None, None),
     (PROMPTS[2], "moore-paper", None),
+    (PROMPTS[0], "toy", "plus"),
+    (PROMPTS[0], "toy", "minus"),
+    (PROMPTS[1], "toy", "minus"),
 ]
 
 
@@ -136,8 +152,11 @@ def test_mixed_batch_matches_reference(engine: OfflineEngine, mixed_results, tin
 
 def test_adapters_change_the_output(mixed_results) -> None:
     base_tokens = mixed_results[0].token_ids
-    adapted_same_prompt = [r.token_ids for (prompt, name, _), r in zip(MIXED, mixed_results) if prompt == PROMPTS[0] and name]
-    assert adapted_same_prompt and all(tokens != base_tokens for tokens in adapted_same_prompt)
+    adapted_same_prompt = {
+        (name, task): r.token_ids for (prompt, name, task), r in zip(MIXED, mixed_results) if prompt == PROMPTS[0] and name
+    }
+    assert adapted_same_prompt and all(tokens != base_tokens for tokens in adapted_same_prompt.values())
+    assert adapted_same_prompt["toy", "plus"] != adapted_same_prompt["toy", "minus"]  # each task's bias matters
 
 
 def test_each_request_alone_equals_mixed_batch(engine: OfflineEngine, mixed_results, tiny_model_dir: Path, set_dirs, svd_cache_dir: Path) -> None:
