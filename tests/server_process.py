@@ -11,15 +11,20 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from server.tools.offline import OfflineEngine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 600
@@ -140,8 +145,14 @@ def _wait_until_healthy(server: RunningServer) -> None:
     pytest.fail(f"server did not become healthy (exit code {server.process.poll()}); log:\n{log[-20000:]}")
 
 
-# Servers asked to stop: vLLM takes seconds to shut down, and the session goes on meanwhile.
+# Servers and offline engines asked to stop: vLLM takes seconds to shut down, and the session goes on
+# meanwhile.
 _stopping: list[subprocess.Popen] = []
+_stopping_engines: list[threading.Thread] = []
+
+
+def stop_in_background(engine: OfflineEngine) -> None:
+    _stopping_engines.append(engine.shutdown_in_background())
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -151,9 +162,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def reap_stopped_servers(timeout_s: float = 60) -> None:
-    """Wait for the servers asked to stop (killing those past `timeout_s`), and any engine process of
-    theirs still alive: the engine core and worker share the server's session."""
+    """Wait for the offline engines and servers asked to stop (killing servers past `timeout_s`), and
+    any engine process of theirs still alive: the engine core and worker share the server's session."""
     deadline = time.monotonic() + timeout_s
+    while _stopping_engines:
+        _stopping_engines.pop().join()
     while _stopping:
         process = _stopping.pop()
         try:

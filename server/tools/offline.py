@@ -6,6 +6,7 @@ request handed to `generate` in one call is scheduled together, so a call is one
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,3 +122,11 @@ class OfflineEngine:
 
     def shutdown(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
+
+    def shutdown_in_background(self) -> threading.Thread:
+        """Start `shutdown` and return at once. The engine's processes take seconds to exit (the last
+        garbage collection of interpreters holding vLLM), time the caller can spend on the next engine;
+        join the thread before the program ends."""
+        stopping = threading.Thread(target=self.shutdown, name="offline-engine-shutdown")
+        stopping.start()
+        return stopping

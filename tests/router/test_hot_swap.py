@@ -6,7 +6,7 @@ import threading
 
 import httpx
 
-from tests.server_process import engine_core, engine_frozen, requests_in_flight, wait_until
+from server_process import engine_core, engine_frozen, requests_in_flight, wait_until
 
 PROMPT = "The capital of France is"
 VERSION_HEADER = "x-orthoserve-adapter-set"

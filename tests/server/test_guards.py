@@ -23,7 +23,7 @@ import pytest
 from adapters.base_model import describe_base_model
 from server.engine_watch import ENGINE_DEAD_EXIT_CODE
 from tests.router.adapter_sets import make_set
-from tests.server_process import (
+from server_process import (
     RunningServer,
     engine_core,
     engine_frozen,

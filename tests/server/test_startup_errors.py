@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO_ROOT, TINY_MODEL_NAME, free_port, server_command
+from server_process import REPO_ROOT, TINY_MODEL_NAME, free_port, server_command
 
 BAD_SETUPS = {
     # name → (how to change the command line, given a scratch folder, and words the error must name)

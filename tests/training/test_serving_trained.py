@@ -15,7 +15,7 @@ from adapters.evaluation.http_client import score_over_http
 from adapters.evaluation.reference_scoring import score_with_reference
 from adapters.reference import ReferenceModel, RowRoute, reference_greedy
 from adapters.training.csr import CsrItem
-from tests.server_process import RunningServer
+from server_process import RunningServer
 from tests.training.conftest import WORDS, train_toy
 
 PROMPTS = ["Is river listed?\nAnswer:", "The capital of France is", "Is table listed?\nAnswer: no. Is"]

@@ -27,6 +27,7 @@ from server.engine.capacity import AdapterCapacity
 from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.tools.offline import OfflineEngine, OfflineRequest
 from tests.adapters.toy_method import TOY_KIND, toy_method_installed
+from server_process import stop_in_background
 
 pytestmark = pytest.mark.first
 
@@ -87,7 +88,7 @@ def engine(request: pytest.FixtureRequest, tiny_model_dir: Path, svd_cache_dir: 
     for slot, name in enumerate(SETS, start=1):
         engine.load(slot, set_dirs[name])
     yield engine
-    engine.shutdown()
+    stop_in_background(engine)
 
 
 def target(name: str | None, task: str | None = None) -> RouteTarget:
