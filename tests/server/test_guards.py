@@ -43,7 +43,7 @@ TOKEN = "token-from-a-file"
 SET = "guarded-set"
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 14  # about 300 tokens
 EXIT_AFTER_ENGINE_DEATH_S = 2
-MAX_HANG_UPS = 3
+MAX_TRIES = 3  # of a stream whose premise a loaded machine missed (see the two stream tests)
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +211,34 @@ def test_deadline_aborts_the_engine_work_and_answers_504(guarded):
 def test_deadline_ends_a_started_stream_with_an_error_event(guarded):
     server, _ = guarded
     body = completion(server, max_tokens=CONTEXT - 8, stream=True, ignore_eos=True)
-    headers = {"x-request-timeout": "0.5"}
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, headers=headers, timeout=60) as response:
-        assert response.status_code == 200
-        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    for _ in range(MAX_TRIES):
+        events = _stream_past_its_deadline(server, body)
+        if events is not None:
+            break
+    else:
+        pytest.fail(f"none of {MAX_TRIES} streams sent its first token within its deadline")
+    assert len(events) >= 3  # the first token, the error, [DONE]
     assert events[-1] == "[DONE]"
     assert '"code": "request_timeout"' in events[-2]
     _wait_idle(server)
+
+
+def _stream_past_its_deadline(server: RunningServer, body: dict) -> list[str] | None:
+    """The events of a stream with a 1 s deadline whose engine is stopped from its first token on, so
+    that the deadline falls mid-stream however fast the machine. None where the deadline passed before
+    the first token (the server then answers 504, rightly): a loaded machine can take that long."""
+    _wait_idle(server)
+    url = f"{server.base_url}/v1/completions"
+    with httpx.stream("POST", url, json=body, headers={"x-request-timeout": "1"}, timeout=60) as response:
+        if response.status_code == 504:
+            response.read()
+            assert response.json()["error"]["code"] == "request_timeout"
+            return None
+        assert response.status_code == 200
+        lines = (line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: "))
+        first = next(lines)
+        with engine_frozen(engine_core(server)):
+            return [first, *lines]
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "1e9"])
@@ -230,14 +251,14 @@ def test_a_bad_deadline_header_is_400(guarded, value):
 def test_a_client_that_disconnects_aborts_its_engine_work(guarded):
     server, _ = guarded
     body = completion(server, max_tokens=CONTEXT - 8, stream=True, ignore_eos=True)
-    for _ in range(MAX_HANG_UPS):
+    for _ in range(MAX_TRIES):
         _wait_idle(server)  # an earlier stream has ended and is counted
         cancelled_before = _ended(server, "cancelled")
         generated_before = _generated(server)
         if _hang_up_mid_stream(server, body, cancelled_before, generated_before):
             break
     else:
-        pytest.fail(f"each of {MAX_HANG_UPS} streams had generated half its tokens before the engine could be stopped")
+        pytest.fail(f"each of {MAX_TRIES} streams had generated half its tokens before the engine could be stopped")
     _wait_idle(server)
     # The engine stopped generating for it, well before its max_tokens, and it is counted as cancelled.
     generated = _generated(server) - generated_before
