@@ -19,10 +19,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from adapters.base_model import describe_base_model
-from server.engine_watch import ENGINE_DEAD_EXIT_CODE
-from tests.router.adapter_sets import make_set
 from server_process import (
     RunningServer,
     engine_core,
@@ -32,6 +28,10 @@ from server_process import (
     start_server,
     wait_until,
 )
+
+from adapters.base_model import describe_base_model
+from server.engine_watch import ENGINE_DEAD_EXIT_CODE
+from tests.router.adapter_sets import make_set
 from tests.tiny_model import build_tiny_llama
 
 MODEL = "ctx1536"
@@ -43,7 +43,7 @@ TOKEN = "token-from-a-file"
 SET = "guarded-set"
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 14  # about 300 tokens
 EXIT_AFTER_ENGINE_DEATH_S = 2
-MAX_TRIES = 3  # of a stream whose premise a loaded machine missed (see the two stream tests)
+MAX_TRIES = 3  # of the stream tests below, whose premise (an early stream) a loaded machine can miss
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_process import stop_in_background
 
 from adapters.badit.config import BaditConfig
 from adapters.base_model import describe_base_model
@@ -27,7 +28,6 @@ from server.engine.capacity import AdapterCapacity
 from server.engine.worker.adapted_linear import ADAPTED_LINEAR_OP
 from server.tools.offline import OfflineEngine, OfflineRequest
 from tests.adapters.toy_method import TOY_KIND, toy_method_installed
-from server_process import stop_in_background
 
 pytestmark = pytest.mark.first
 
