@@ -19,7 +19,7 @@ from xdist.scheduler import LoadScopeScheduling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server_process import TINY_MODEL_NAME, RunningServer, reap_stopped_servers, start_server  # noqa: E402
+from server_process import TINY_MODEL_NAME, RunningServer, reap_stopped, start_server  # noqa: E402
 from tiny_model import build_tiny_llama  # noqa: E402
 
 # Adapter roots, startup sets and a memory budget for the shared server (`adapter_server_args`), and
@@ -138,4 +138,4 @@ def _servers_in(values: Any) -> Iterator[RunningServer]:
 
 
 def pytest_sessionfinish() -> None:
-    reap_stopped_servers()
+    reap_stopped()

@@ -116,7 +116,7 @@ def start_server(
     max_model_len: int | None = 512,
 ) -> Iterator[RunningServer]:
     """Start a server, wait until /health answers, and ask it to stop on exit (without waiting: see
-    `reap_stopped_servers`)."""
+    `reap_stopped`)."""
     port = free_port()
     command = server_command(model_dir, served_name, port, *(extra_args or []), max_model_len=max_model_len)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def _stop(process: subprocess.Popen) -> None:
     _stopping.append(process)
 
 
-def reap_stopped_servers(timeout_s: float = 60) -> None:
+def reap_stopped(timeout_s: float = 60) -> None:
     """Wait for the offline engines and servers asked to stop (killing servers past `timeout_s`), and
     any engine process of theirs still alive: the engine core and worker share the server's session."""
     deadline = time.monotonic() + timeout_s

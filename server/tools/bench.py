@@ -258,7 +258,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
     runner = _Runner(config, base.vocab_size)
     tokens = config.num_requests * config.output_len
     report = BenchReport()
-    stopping: list[threading.Thread] = []
+    stopping: list[threading.Thread] = []  # engines that exit while the next one starts
 
     log("orthoserve engine with adapter capacity (eager)")
     engine, slots, scenarios = _orthoserve_engine(config, sets, compiled=False)
@@ -271,7 +271,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
     ours |= report.add("orthoserve", runner.best_times(engine, {resident_note: scenarios["lora, 8 adapters"]}, log), tokens)
     report.resident_bytes = {name: n for name, n in slots.bytes.items() if not name.startswith("lora-") or name == "lora-0"}
     report.resident_bytes |= {f"engine: {name}": n for name, n in engine.resident_bytes().items()}
-    stopping.append(engine.shutdown_in_background())  # it exits while the next engine starts
+    stopping.append(engine.shutdown_in_background())
     del engine
     gc.collect()
 
@@ -281,7 +281,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
         tensor_parallel_size=config.tensor_parallel_size,
     )  # fmt: skip
     plain = report.add("no adapter capacity", runner.best_times(stock_engine, {"base": _base(config.output_len)}, log), tokens)
-    stopping.append(stock_engine.shutdown_in_background())  # it exits while the next engine starts
+    stopping.append(stock_engine.shutdown_in_background())
     del stock_engine
     gc.collect()
 
@@ -299,7 +299,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> BenchR
 
     stock_scenarios = {"base": _base(config.output_len), "lora, 4 adapters": stock_lora(4), f"lora, {n_stock} adapters": stock_lora(n_stock)}
     theirs = report.add("vllm (enable_lora)", runner.best_times(stock, stock_scenarios, log), tokens)
-    stopping.append(stock.shutdown_in_background())  # it exits while the next engine starts
+    stopping.append(stock.shutdown_in_background())
     del stock
     gc.collect()
 

@@ -3,11 +3,11 @@
 Each engine (eager, and compiled by vLLM, which the compilation counters confirm) serves base, two
 tasks of one MoORE set, a second MoORE set, a MoORE set at paper init, an input-routed and a
 task-routed BADIT set, a LoRA set and two tasks of a set of a fourth method, all in one batch. That
-method is the toy of `tests/adapters/toy_method.py`, installed as a third-party distribution: a
-method is one folder, served by the engine without any other file knowing of it. Engines run in fp32, where served greedy
-tokens and logprobs equal the fp32 reference's; `ORTHOSERVE_EXACTNESS_DTYPES=bfloat16,float16` adds
-half-precision engines (scripts/gpu-check.sh), whose generated tokens the fp32 reference scores
-within a half-precision tolerance.
+method is the toy of `tests/adapters/toy_method.py`, installed as a third-party distribution: a method
+is one folder, served by the engine without any other file knowing of it. Engines run in fp32, where
+served greedy tokens and logprobs equal the fp32 reference's; `ORTHOSERVE_EXACTNESS_DTYPES=bfloat16,
+float16` adds half-precision engines (scripts/gpu-check.sh), whose generated tokens the fp32 reference
+scores within a half-precision tolerance.
 """
 
 from __future__ import annotations
