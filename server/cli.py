@@ -283,10 +283,18 @@ def soak(
     work_dir: Annotated[Path, typer.Option(help="Where the soak's sets and server log are written.")] = Path("soak-results/work"),
     json_out: Annotated[Path, typer.Option(help="JSON report path.")] = Path("soak-results/soak.json"),
     cache_dir: Annotated[Path | None, typer.Option(help=_help("cache_dir"))] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Soak this running server instead of starting one. It must run on this machine, serve --model in "
+            "fp32, and --work-dir must lie under one of its adapter roots."
+        ),
+    ] = None,
+    admin_token: Annotated[str | None, typer.Option(help="The running server's admin token (with --url).")] = None,
 ) -> None:
     """Drive a real server with mixed traffic while sets are replaced and reloaded; exit 1 on any failure."""
     from server.default_model import ensure_default_model
-    from server.tools.soak import SoakConfig, render_report, run_soak, write_json
+    from server.tools.soak import ADMIN_TOKEN, SoakConfig, render_report, run_soak, write_json
 
     config = SoakConfig(
         model_dir=(model or ensure_default_model(_settings(cache_dir=cache_dir))).resolve(),
@@ -295,8 +303,14 @@ def soak(
         concurrency=concurrency,
         replace_every=replace_every,
         cycle_every=cycle_every,
+        url=url,
+        admin_token=admin_token or ADMIN_TOKEN,
     )
-    report = run_soak(config, log=typer.echo)
+    try:
+        report = run_soak(config, log=typer.echo)
+    except RuntimeError as exc:  # the server could not be started or reached, or refused a set
+        typer.echo(f"soak: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(render_report(report))
     write_json(report, config, json_out)
     typer.echo(f"wrote {json_out}")

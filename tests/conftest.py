@@ -82,6 +82,7 @@ SHARED_SERVER_MODULES = frozenset(
         "tests/server/test_lm_eval.py",
         "tests/server/test_metrics_server.py",
         "tests/server/test_openai_surface.py",
+        "tests/server/test_soak.py",
         "tests/training/test_serving_trained.py",
     }
 )

@@ -1,6 +1,8 @@
 """`orthoserve soak`: a long mixed load on a real server while adapter sets come and go.
 
-It starts `orthoserve serve` in a subprocess (fp32, so greedy output is exact), writes random adapter
+It starts `orthoserve serve` in a subprocess (fp32, so greedy output is exact), or soaks a server
+already running on this machine (`url`: it must serve the same base model in fp32, and `work_dir` must
+lie under one of its adapter roots, since the soak writes its sets there). It writes random adapter
 sets, records each set version's greedy *fingerprint* (the text each task gives for each prompt), and
 then drives `requests` requests at `concurrency`: base, a MoORE set (several tasks), a BADIT set and a
 LoRA set, streamed or not, some cancelled by the client. Meanwhile the MoORE set is replaced every
@@ -8,7 +10,7 @@ LoRA set, streamed or not, some cancelled by the client. Meanwhile the MoORE set
 reloaded every `cycle_every` seconds. Every answer is checked against the fingerprint of the version
 its `x-orthoserve-adapter-set` header names. Reported: failures, wrong-version answers, p50/p99
 latency and the server's memory (RSS of the server and its engine processes) after warm-up and at
-the end.
+the end. The sets it loaded are unloaded at the end, so a running server is left as it was found.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -53,6 +56,8 @@ class SoakConfig:
     cancel_fraction: float = 0.05
     stream_fraction: float = 0.5
     seed: int = 0
+    url: str | None = None  # a running server to soak (None: start one)
+    admin_token: str = ADMIN_TOKEN
 
 
 @dataclass
@@ -91,6 +96,10 @@ class Answer:
 
 
 def run_soak(config: SoakConfig, log: Any = print) -> SoakReport:
+    if config.url:
+        base_url = config.url.rstrip("/")
+        pid = _listening_pid(base_url)
+        return asyncio.run(_soak(config, base_url, pid, _write_sets(config), log))
     sets = _write_sets(config)
     port = _free_port()
     log_path = config.work_dir / "server.log"
@@ -133,18 +142,19 @@ def _write_sets(config: SoakConfig) -> dict[str, Path]:
 
 
 async def _soak(config: SoakConfig, base_url: str, pid: int, sets: dict[str, Path], log: Any) -> SoakReport:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    headers = {"Authorization": f"Bearer {config.admin_token}"}
     # Idle connections are dropped before uvicorn's 5 s keep-alive ends, so a request never goes out on
     # a connection the server is closing at that moment (a client-side race, not a server failure).
     limits = httpx.Limits(max_connections=config.concurrency + 8, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as http:
-        fingerprints = await _fingerprints(http, sets)
+        base_model = await _base_model(http)
+        fingerprints = await _fingerprints(http, base_model, sets)
         await _load(http, SWAPPED, sets["moore-a"])
         await _load(http, CYCLED, sets["badit"])
         await _load(http, STATIC, sets["lora"])
         folder_of = {f"{SWAPPED}@1": "moore-a", f"{CYCLED}@1": "badit", f"{STATIC}@1": "lora"}
         targets = [
-            Target(BASE_MODEL, None, None),
+            Target(base_model, None, None),
             *(Target(f"{SWAPPED}/{task}", SWAPPED, task) for task in MOORE_TASKS),
             Target(CYCLED, CYCLED, "default"),
             Target(STATIC, STATIC, "chat"),
@@ -182,6 +192,8 @@ async def _soak(config: SoakConfig, base_url: str, pid: int, sets: dict[str, Pat
         report.wall_seconds = round(time.monotonic() - started, 1)
         done.set()
         await churn
+        for name in (SWAPPED, CYCLED, STATIC):
+            (await http.delete(f"/v1/adapter-sets/{name}", params={"wait": True})).raise_for_status()
     report.requests = config.requests
     report.wrong_version = _check_answers(answers, fingerprints, folder_of, report)
     report.p50_seconds = round(statistics.median(latencies), 4) if latencies else 0.0
@@ -194,11 +206,20 @@ async def _soak(config: SoakConfig, base_url: str, pid: int, sets: dict[str, Pat
     return report
 
 
-async def _fingerprints(http: httpx.AsyncClient, sets: dict[str, Path]) -> dict[tuple[str, str | None, str], str]:
+async def _base_model(http: httpx.AsyncClient) -> str:
+    """The served base model's name: the one model card without a parent."""
+    response = await http.get("/v1/models")
+    response.raise_for_status()
+    return next(card["id"] for card in response.json()["data"] if card.get("parent") is None)
+
+
+async def _fingerprints(
+    http: httpx.AsyncClient, base_model: str, sets: dict[str, Path]
+) -> dict[tuple[str, str | None, str], str]:
     """(folder, task, prompt) → greedy text; folder "base" for the base model."""
     prints: dict[tuple[str, str | None, str], str] = {}
     for prompt in PROMPTS:
-        prints["base", None, prompt] = await _greedy(http, BASE_MODEL, prompt)
+        prints["base", None, prompt] = await _greedy(http, base_model, prompt)
     tasks = {"moore-a": MOORE_TASKS, "moore-b": MOORE_TASKS, "badit": ("default",), "lora": ("chat",)}
     for folder, folder_tasks in tasks.items():
         probe = f"probe-{folder}"
@@ -349,6 +370,16 @@ def _rss_mib(pid: int) -> float:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += member.memory_info().rss
     return total / 2**20
+
+
+def _listening_pid(base_url: str) -> int:
+    """The process on this machine that listens on the URL's port: the server whose memory is measured."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return connection.pid
+    raise RuntimeError(f"no process on this machine listens on the port of {base_url}: soak a server running here")
 
 
 def _free_port() -> int:
