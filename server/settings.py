@@ -5,7 +5,9 @@ This class is the only reader of the process environment in the project.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -231,5 +233,21 @@ class Settings(CapacitySettings):  # the `max_<kind>_<limit>` settings come from
 
 
 def export_environment(values: dict[str, str]) -> None:
-    """Set variables for child processes (the engine's); the one writer of the process environment."""
+    """Set variables for child processes (the engine's); with `scoped_environment`, the one writer of
+    the process environment."""
     os.environ.update(values)
+
+
+@contextlib.contextmanager
+def scoped_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set variables for the block only, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -37,6 +37,7 @@ __all__ = [
     "VLLMClientError",
     "VLLMError",
     "VLLMValidationError",
+    "IN_PROCESS_ENGINE_CORE_ENV",
     "compilation_outside_graphs",
     "cpu_core_binding",
     "cpu_worker_thread_env",
@@ -59,6 +60,11 @@ def compilation_outside_graphs(ops: list[str]) -> dict[str, object]:
 
 def is_cpu_platform() -> bool:
     return current_platform.is_cpu()
+
+
+# While set, `LLM` runs vLLM's engine core in the calling process (its in-process client) instead of
+# spawning a process for it; the workers stay processes of their own under the "mp" executor.
+IN_PROCESS_ENGINE_CORE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def cpu_worker_thread_env(num_threads: int, tensor_parallel_size: int = 1, bind: str | None = None) -> dict[str, str]:
