@@ -3,8 +3,8 @@ VENV ?= $(CURDIR)/.venv
 export VENV
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist workers for the test modules: 0 runs serially. With 2, each worker has its own shared
-# server (about 2 GB of memory each).
+# pytest-xdist workers for the test modules: 0 runs serially. With several, the modules on the shared
+# test server run together on one worker (tests/conftest.py), and each worker starts its own engines.
 TEST_WORKERS ?= 0
 
 .PHONY: setup setup-dev serve prepare-model test image-check
