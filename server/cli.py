@@ -290,7 +290,9 @@ def soak(
             "fp32, and --work-dir must lie under one of its adapter roots."
         ),
     ] = None,
-    admin_token: Annotated[str | None, typer.Option(help="The running server's admin token (with --url).")] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(help="Admin token: the running server's with --url, else the one the soak's server is given.")
+    ] = None,
 ) -> None:
     """Drive a real server with mixed traffic while sets are replaced and reloaded; exit 1 on any failure."""
     from server.default_model import ensure_default_model

@@ -57,7 +57,7 @@ class SoakConfig:
     stream_fraction: float = 0.5
     seed: int = 0
     url: str | None = None  # a running server to soak (None: start one)
-    admin_token: str = ADMIN_TOKEN
+    admin_token: str = ADMIN_TOKEN  # the running server's with `url`; else the one its own server is given
 
 
 @dataclass
@@ -98,14 +98,14 @@ class Answer:
 def run_soak(config: SoakConfig, log: Any = print) -> SoakReport:
     if config.url:
         base_url = config.url.rstrip("/")
-        pid = _listening_pid(base_url)
+        pid = _listening_pid(base_url)  # before any set is written: a URL with no server here is refused at once
         return asyncio.run(_soak(config, base_url, pid, _write_sets(config), log))
     sets = _write_sets(config)
     port = _free_port()
     log_path = config.work_dir / "server.log"
     command = [
         sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir), "--port", str(port),
-        "--served-model-name", BASE_MODEL, "--dtype", "float32", "--kv-cache-gib", "0.5", "--admin-token", ADMIN_TOKEN,
+        "--served-model-name", BASE_MODEL, "--dtype", "float32", "--kv-cache-gib", "0.5", "--admin-token", config.admin_token,
         "--adapter-root", str(config.work_dir / "sets"),
         # Replaced versions stay resident until their last request ends: leave room for several.
         "--max-moore-sets", str(MOORE_SLOTS),
